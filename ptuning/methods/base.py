@@ -1,0 +1,114 @@
+"""The one interface every fine-tuning method implements, hand-written or library-backed.
+
+A method is built from its knobs (job-file fields), applied to a loaded T5 model, and then
+reports which parameters train. The runner never needs to know which method it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One job-file field of a method: its type, default (None = required) and smallest allowed value."""
+
+    type: type
+    default: Any = None
+    minimum: float | None = None
+    help: str = ""
+
+
+class Method:
+    """Base class. Subclasses set `name`, `implementation`, `knobs` and override `apply`.
+
+    Lifecycle used by the runner:
+        method = MethodClass(**knobs)          # validated knob values
+        model = method.apply(model)            # may return a wrapper; freezes what must not train
+        params = method.trainable_parameters(model)
+        ... train ...
+        method.save(model, path); method.load(fresh_model_after_apply, path)
+    """
+
+    name: ClassVar[str] = ""
+    implementation: ClassVar[str] = ""
+    knobs: ClassVar[dict[str, Knob]] = {}
+    #: file name of the saved trainable state written next to the result (e.g. "lora.pt")
+    artifact: ClassVar[str] = "trainable.pt"
+
+    def __init__(self, **values: Any) -> None:
+        self.values = dict(values)
+
+    def __getattr__(self, item: str) -> Any:  # knob access as attributes: method.rank
+        values = self.__dict__.get("values", {})
+        if item in values:
+            return values[item]
+        raise AttributeError(item)
+
+    # -- data ------------------------------------------------------------------------------
+    def placeholder_tokens(self) -> int:
+        """How many `<pad>` placeholder tokens the data pipeline prepends to every input."""
+        return 0
+
+    def knob_summary(self) -> str:
+        """Short human text for tables, e.g. 'rank 8'. '–' for methods without knobs."""
+        return ", ".join(f"{k} {v}" for k, v in self.values.items()) or "–"
+
+    # -- model -----------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Add the method's parameters to `model`, freeze the rest; return the model to train."""
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs that the optimizer updates."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def generation_model(self, model: nn.Module) -> nn.Module:
+        """The object whose `.generate()` evaluation calls (usually `model` itself)."""
+        return model
+
+    def formula(self, config: Any):
+        """The analytic count of added parameters (a `ptuning.formulas.Formula`) for this method."""
+        raise NotImplementedError
+
+    # -- persistence -----------------------------------------------------------------------
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Only the trained parameters, detached on CPU."""
+        return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model)}
+
+    def save(self, model: nn.Module, path: Path) -> Path:
+        """Write the trained parameters to `path` (a file or, for library formats, a directory)."""
+        torch.save(self.state_dict(model), path)
+        return path
+
+    def load(self, model: nn.Module, path: Path) -> None:
+        """Load parameters saved by `save` into a model that `apply` already prepared."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(model.named_parameters())
+        missing = [n for n in state if n not in params]
+        if missing:
+            from ptuning.errors import PtuningError
+
+            raise PtuningError(f"{path}: saved parameters {missing[:3]} do not exist in this model")
+        with torch.no_grad():
+            for n, t in state.items():
+                params[n].copy_(t)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameters, counting a shared (tied) tensor once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return total, trainable
