@@ -39,16 +39,23 @@ def _formula_text(formula) -> str:
     return f"{formula.symbolic} = {formula.text}"
 
 
+def _random_model(config):
+    """A random-weight model built from `config` alone (nothing downloaded)."""
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    if isinstance(config, T5Config):
+        return T5ForConditionalGeneration(config)  # about twice as fast as the Auto route
+    return AutoModelForSeq2SeqLM.from_config(config)
+
+
 def parameter_rows(jobs: Iterable[Any], config=None) -> list[dict]:
     """One row per job: measured total/trainable/added parameters and the analytic formula.
 
     A job needs `.name`, `.title`, `.method`, `.implementation` and `.knobs`. One random-weight base
     model is built from `config` (default: t5-small's) and deep-copied for every job.
     """
-    from transformers import AutoModelForSeq2SeqLM
-
     config = config if config is not None else load_config()
-    base = AutoModelForSeq2SeqLM.from_config(config)
+    base = _random_model(config)
     base_total, _ = count_parameters(base)
     rows = []
     for job in jobs:
