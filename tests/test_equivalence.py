@@ -55,6 +55,14 @@ def _with_placeholders(ids, mask, n):
     )
 
 
+def _generate_scores(model, ids, mask):
+    """Greedy generate(max_length=5) through the KV cache: (sequences, stacked step scores)."""
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.scores)
+
+
 def _forward(model, ids, mask, labels):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask.clone(), labels=labels)
@@ -94,6 +102,10 @@ def test_hand_lora_equals_peft_lora_with_the_same_weights(tiny):
     peft_enc, peft_logits = _forward(peft_model, ids, mask, labels)
     torch.testing.assert_close(peft_enc, hand_enc, **TIGHT)
     torch.testing.assert_close(peft_logits, hand_logits, **TIGHT)
+    hand_seq, hand_scores = _generate_scores(hand, ids, mask)
+    peft_seq, peft_scores = _generate_scores(peft_model, ids, mask)
+    assert torch.equal(peft_seq, hand_seq)
+    torch.testing.assert_close(peft_scores, hand_scores, **TIGHT)
     base_logits = _forward(tiny, ids, mask, labels)[1]
     assert not torch.allclose(base_logits, hand_logits, atol=1e-3)  # the LoRA weights did matter
 
@@ -155,6 +167,10 @@ def test_hand_adapter_equals_adapterhub_seqbn_with_the_same_weights(tiny):
     hub_enc, hub_logits = _forward(hub, ids, mask, labels)
     torch.testing.assert_close(hub_enc, hand_enc, **TIGHT)
     torch.testing.assert_close(hub_logits, hand_logits, **TIGHT)
+    hand_seq, hand_scores = _generate_scores(hand, ids, mask)  # incremental decoding through the cache too
+    hub_seq, hub_scores = _generate_scores(hub, ids, mask)
+    assert torch.equal(hub_seq, hand_seq)
+    torch.testing.assert_close(hub_scores, hand_scores, **TIGHT)
     assert not torch.allclose(_forward(tiny, ids, mask, labels)[1], hand_logits, atol=1e-3)
 
 
@@ -213,6 +229,10 @@ def test_hand_soft_prompt_equals_opendelta_on_prompt_plus_text(tiny):
     assert hand_enc.shape == od_enc.shape == (3, n + text.shape[1], tiny.config.d_model)
     torch.testing.assert_close(od_enc, hand_enc, **EXACT)
     torch.testing.assert_close(od_logits, hand_logits, **EXACT)
+    hand_seq, hand_scores = _generate_scores(hand, *_with_placeholders(text, text_mask, n))
+    od_seq, od_scores = _generate_scores(od, text, text_mask)
+    assert torch.equal(od_seq, hand_seq)
+    torch.testing.assert_close(od_scores, hand_scores, **EXACT)
 
 
 def test_opendelta_with_placeholders_kept_is_a_2n_prompt_whose_tail_is_frozen_pad(tiny):
