@@ -371,3 +371,22 @@ def test_opendelta_prompt_stays_a_parameter_when_the_model_is_on_another_device(
     assert isinstance(soft, torch.nn.Parameter) and soft.requires_grad and soft.device.type == "meta"
     assert [n for n, _ in method.trainable_parameters(model)] == ["encoder.soft_prompt_layer.soft_embeds"]
     assert count_parameters(model)[1] == 2 * tiny.config.d_model
+
+
+@pytest.mark.parametrize("cls,knobs", BACKENDS, ids=lambda x: getattr(x, "implementation", ""))
+def test_bf16_autocast_train_step_and_generate(tiny, cls, knobs):
+    """The runner's `precision: bf16` path, checked with CPU autocast (no GPU in the tests)."""
+    method = cls(**knobs)
+    model = method.apply(copy.deepcopy(tiny)).train()
+    batch = _batch(method)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = model(**{k: v.clone() for k, v in batch.items()}).loss
+    loss.backward()
+    grads = [p.grad for _, p in method.trainable_parameters(model)]
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = method.generation_model(model).generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].clone(), max_length=5
+        )
+    assert out.shape[0] == 3
