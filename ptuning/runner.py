@@ -79,9 +79,12 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
     check_writable(output_dir)
     seed_everything(job.seed)
 
+    method = build_method(job.method, job.implementation, job.knobs)
+    check_library = getattr(method, "check_library", None)
+    if check_library is not None:  # a missing library fails before the model loads
+        check_library()
     model, tokenizer = load_model(job.model)
     base_total, _ = count_parameters(model)
-    method = build_method(job.method, job.implementation, job.knobs)
     model = method.apply(model)
     total, trainable = count_parameters(model)
     formula = method.formula(model.config if hasattr(model, "config") else None)
