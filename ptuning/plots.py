@@ -51,9 +51,12 @@ def accuracy_per_epoch_figure(rows: list[stats.Row]):
     for row in rows:
         epochs, values = row.curve("accuracy")
         if not _trains(row):
-            ax.axhline(values[0], linestyle="--", color="grey", label=_label(row) + " (no training)")
+            ax.axhline(values[0], linestyle="--", color="grey", label=_label(row))
         else:
             ax.plot(epochs, values, marker="o", markersize=3, linestyle="-" if row.protocol == "faithful" else ":", label=_label(row))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title("Test accuracy per epoch")

@@ -73,9 +73,9 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
         if not row.completed:
             if row.failed:
                 reason = row.failed[0].get("reason", "")
-                out.append(head + [f"failed: {reason}"[:60]] + [""] * 2 + [ref] + [""] * 6)
+                out.append(head + [f"failed: {reason}"[:60]] + [""] * 2 + [ref] + [""] * 5)
             else:
-                out.append(head + [NOT_RUN] + [""] * 2 + [ref] + [""] * 6)
+                out.append(head + [NOT_RUN] + [""] * 2 + [ref] + [""] * 5)
             continue
         summary = row.accuracy
         accuracy = summary.text()
