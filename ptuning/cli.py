@@ -48,7 +48,10 @@ def run_options(f):
         click.option("--epochs", type=int, help="Number of epochs (default: 10)."),
         click.option("--train-limit", type=int, help="Use N training reviews (a fixed sample) for a quick run."),
         click.option("--eval-limit", type=int, help="Use N test reviews (a fixed sample) for a quick run."),
-        click.option("--seed", type=int, help="Random seed (default: the job's, 0)."),
+        click.option("--seed", type=int, help="One random seed (default: the job's, 0)."),
+        click.option("--seeds", callback=_parse_seeds, help="Several seeds, e.g. 0,1,2: one run each; tables show mean ± std."),
+        click.option("--protocol", type=click.Choice(["faithful", "heldout"]), help="faithful (max test accuracy over epochs) or heldout (select the epoch on a validation split held out from train)."),
+        click.option("--heldout-size", type=int, help="heldout protocol: validation reviews taken from train (default: 2500)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
     ]
@@ -62,31 +65,57 @@ def run_options(f):
     return wrapper
 
 
-OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed")
+def _parse_seeds(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2, got {value!r}") from None
+    if not seeds:
+        raise click.BadParameter("expected at least one seed")
+    return seeds
+
+
+OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", "seeds", "protocol", "heldout_size")
 
 
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
-    """Run jobs one after another; a job that fails is reported and the next one runs. Returns failures."""
+    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures."""
     from ptuning.runner import resolve_device, run_job
 
+    if kwargs.get("seed") is not None and kwargs.get("seeds") is not None:
+        raise PtuningError("give either --seed N or --seeds N,M,..., not both")
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     overrides = {k: kwargs.get(k) for k in OVERRIDES}
+    if overrides["seed"] is not None:
+        overrides["seeds"] = [overrides["seed"]]  # --seed replaces a job file's seed list
     jobs = [job.override(**overrides) for job in jobs]  # validate every override first
     failures = []
     for job in jobs:
-        try:
-            run_job(job, Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
-        except PtuningError as exc:
-            click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
-            failures.append((job.name, str(exc)))
+        for seed in job.seed_list:
+            try:
+                run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
+            except PtuningError as exc:
+                label = job.name if len(job.seed_list) == 1 else f"{job.name} seed {seed}"
+                click.echo(f"ptuning: error: [{label}] {exc}", err=True)
+                failures.append((label, str(exc)))
     return failures
 
 
 def _print_tables(jobs, results_dir: Path) -> None:
+    from ptuning.plots import plot_paths
     from ptuning.report import tables
     from ptuning.results import load_results
 
-    click.echo(tables(jobs, load_results(results_dir)))
+    click.echo(tables(jobs, load_results(results_dir), plot_paths(results_dir)))
+
+
+def _write_plots(jobs, results_dir: Path) -> list[Path]:
+    from ptuning.plots import write_plots
+    from ptuning.results import load_results
+
+    return write_plots(jobs, load_results(results_dir), results_dir)
 
 
 @main.command("list")
@@ -98,7 +127,7 @@ def list_jobs(ctx: click.Context) -> None:
     from ptuning.jobs import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
-    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, j.lr] for j in jobs]
+    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.lr is None else j.lr] for j in jobs]
     click.echo(tabulate(rows, headers=["row", "job", "title", "method", "implementation", "knob", "lr"], tablefmt="github", disable_numparse=True))
 
 
@@ -126,6 +155,7 @@ def run_all(ctx: click.Context, **kwargs) -> None:
 
     jobs = load_all_jobs(_jobs_dir(ctx))
     failures = _run_jobs(jobs, kwargs)
+    _write_plots(jobs, Path(kwargs["output_dir"]))
     _print_tables(jobs, Path(kwargs["output_dir"]))
     if failures:
         click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
@@ -142,6 +172,22 @@ def tables_cmd(ctx: click.Context, results_dir: str) -> None:
     if not Path(results_dir).is_dir():
         raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
     _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
+
+
+@main.command("plots")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
+@click.pass_context
+def plots_cmd(ctx: click.Context, results_dir: str) -> None:
+    """Write accuracy-per-epoch, Pareto and training-time PNGs into RESULTS/plots/."""
+    from ptuning.jobs import load_all_jobs
+
+    if not Path(results_dir).is_dir():
+        raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
+    written = _write_plots(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
+    if not written:
+        raise PtuningError(f"no completed results in {results_dir}: nothing to plot")
+    for path in written:
+        click.echo(str(path))
 
 
 @main.command("params")

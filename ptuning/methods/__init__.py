@@ -16,6 +16,7 @@ __all__ = ["Knob", "Method", "count_parameters", "REGISTRY", "method_class", "bu
 
 #: (method, implementation) → "module:Class"
 REGISTRY: dict[tuple[str, str], str] = {
+    ("zero_shot", "hand"): "ptuning.methods.zero_shot:ZeroShot",
     ("full", "hand"): "ptuning.methods.full:FullFineTuning",
     ("soft_prompt", "hand"): "ptuning.methods.soft_prompt:HandSoftPrompt",
     ("adapter", "hand"): "ptuning.methods.adapter:HandAdapter",
