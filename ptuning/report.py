@@ -73,9 +73,9 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
         if not row.completed:
             if row.failed:
                 reason = row.failed[0].get("reason", "")
-                out.append(head + [f"failed: {reason}"[:60]] + [""] * 2 + [ref] + [""] * 5)
+                out.append(head + [f"failed: {reason}"[:60]] + [""] * 3 + [ref] + [""] * 5)
             else:
-                out.append(head + [NOT_RUN] + [""] * 2 + [ref] + [""] * 5)
+                out.append(head + [NOT_RUN] + [""] * 3 + [ref] + [""] * 5)
             continue
         summary = row.accuracy
         accuracy = summary.text()
@@ -89,6 +89,7 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
             + [
                 accuracy,
                 _epochs(row),
+                _fmt_pct(row.mean_of("final_accuracy")),
                 comparison.text() if comparison else "–",
                 ref,
                 diff,
@@ -102,13 +103,13 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
 
 
 ACCURACY_HEADERS = [
-    "row", "job", "approach", "knob", "protocol", "test acc. (%)", "epoch", "vs full FT",
+    "row", "job", "approach", "knob", "protocol", "test acc. (%)", "epoch", "final acc. (%)", "vs full FT",
     "reference (%)", "diff", "trainable", "saved", "train time", "peak GPU mem.",
 ]
 ACCURACY_NOTES = (
     "test acc.: mean ± sample std over seeds (n runs). faithful = max test accuracy over epochs (the exercise; "
     "optimistic), heldout = test accuracy at the epoch with the best validation accuracy. epoch: the selected "
-    "epoch of each seed. vs full FT: difference of means and Welch's t-test against full fine-tuning under the "
+    "epoch of each seed. final acc.: test accuracy after the last epoch (mean over seeds). vs full FT: difference of means and Welch's t-test against full fine-tuning under the "
     "same protocol, \"differs\" when p < 0.05 (needs n ≥ 2 on both sides). diff: mean minus the report's figure. "
     "saved: trained state on disk. train time: mean per run."
 )

@@ -18,7 +18,7 @@ def fake_result(job: str, best=88.5, status="completed", seed=0):
         "epochs": [{"epoch": 1, "accuracy": 80.0}, {"epoch": 2, "accuracy": best}],
         "max_accuracy": best,
         "max_epoch": 2,
-        "final_accuracy": best,
+        "final_accuracy": best - 1.5,
         "train_seconds": 125.0,
         "params": {"total": 60_801_536, "trainable": 294_912, "added": 294_912, "formula": "M·2·r·(d_in + d_out) = 18·2·8·(512 + 512) = 294,912", "formula_value": 294_912, "match": True},
     }
@@ -45,6 +45,7 @@ def test_tables_show_not_run_failed_and_numbers():
     text = report.tables(jobs, res)
     lines = text.splitlines()
     lora = next(line for line in lines if "| lora_8 " in line and "88.9" in line)
+    assert "| 87.9 " in lora  # final-epoch accuracy
     assert "| 89.4 (n=1) " in lora and "| 2 " in lora and "+0.5" in lora and "2.1 min" in lora and "| faithful " in lora
     assert "| n too small " not in lora  # full_ft failed: no comparison at all
     full = next(line for line in lines if "| full_ft " in line)
