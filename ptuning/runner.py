@@ -14,6 +14,7 @@ import click
 import torch
 
 from ptuning import data as data_mod
+from ptuning import fast
 from ptuning import results as results_mod
 from ptuning.errors import PtuningError
 from ptuning.evaluate import evaluate
@@ -99,24 +100,36 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
     collate = data_mod.Collator(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(job.seed)
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
+    speed = fast.plan(job, device, echo)  # fast or faithful path (see ptuning/fast.py)
+    if speed.fast:
+        train_loader = fast.train_loader(job, train_set, tokenizer, speed, generator)
+    else:
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=job.eval_batch_size, shuffle=False, collate_fn=collate, pin_memory=pin)
 
     model.to(device)
-    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], job.lr, job.weight_decay)
+    trainable_params = [p for _, p in method.trainable_parameters(model)]
+    optimizer = fast.make_optimizer(trainable_params, job.lr, job.weight_decay, speed) if speed.fast else make_optimizer(trainable_params, job.lr, job.weight_decay)
+    loss_fn = fast.LossFn(model, speed.compile, echo) if speed.fast else None
     generation_model = method.generation_model(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     echo(f"[{job.name}] {job.title} ({job.knob_summary}): {trainable:,} trainable of {total:,} parameters; "
-         f"{len(train_set):,} train / {len(test_set):,} test reviews on {device}")
+         f"{len(train_set):,} train / {len(test_set):,} test reviews on {device}, {'fast' if speed.fast else 'faithful'} path, {speed.precision}")
     epochs: list[dict[str, Any]] = []
     started = time.perf_counter()
     for epoch in range(1, job.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, train_loader, optimizer, device, job.precision, f"{job.name} epoch {epoch}/{job.epochs}")
+        if speed.fast:
+            loss = fast.train_epoch(model, train_loader, optimizer, device, speed, f"{job.name} epoch {epoch}/{job.epochs}", loss_fn=loss_fn)
+        else:
+            loss = train_epoch(model, train_loader, optimizer, device, speed.precision, f"{job.name} epoch {epoch}/{job.epochs}")
         t1 = time.perf_counter()
-        acc = evaluate(generation_model, test_loader, tokenizer, list(job.labels), device, job.generate_max_length, job.precision, f"{job.name} eval {epoch}")
+        if speed.fast:
+            acc = fast.evaluate(generation_model, test_set, tokenizer, list(job.labels), device, speed.eval_batch_size, job.generate_max_length, speed.precision, f"{job.name} eval {epoch}")
+        else:
+            acc = evaluate(generation_model, test_loader, tokenizer, list(job.labels), device, job.generate_max_length, speed.precision, f"{job.name} eval {epoch}")
         t2 = time.perf_counter()
         epochs.append({"epoch": epoch, "train_loss": loss, "accuracy": acc, "train_seconds": t1 - t0, "eval_seconds": t2 - t1})
         echo(f"[{job.name}] epoch {epoch}/{job.epochs}: loss {loss:.4f}, accuracy {acc:.2f}%, train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s")
@@ -140,6 +153,7 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
         "wall_seconds": time.perf_counter() - started,
+        "speed": speed.describe(),
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "artifact": Path(artifact).name,
         "environment": results_mod.environment(device),
