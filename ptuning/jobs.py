@@ -48,7 +48,10 @@ SETTINGS: dict[str, Setting] = {
     "seed": Setting(int, minimum=0),
     "train_limit": Setting(int, minimum=1, optional=True),
     "eval_limit": Setting(int, minimum=1, optional=True),
-    "precision": Setting(str, choices=("fp32", "bf16")),
+    "precision": Setting(str, choices=("auto", "fp32", "bf16")),
+    "speed": Setting(str, choices=("auto", "fast", "faithful")),  # see ptuning/fast.py
+    "fast_eval_batch_size": Setting(int, minimum=1),
+    "compile": Setting(bool),
     "labels": Setting(list),
     "seeds": Setting(list, optional=True),  # several seeds: one run each; overrides `seed`
     "protocol": Setting(str, choices=("faithful", "heldout")),

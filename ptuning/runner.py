@@ -14,6 +14,7 @@ import click
 import torch
 
 from ptuning import data as data_mod
+from ptuning import fast
 from ptuning import protocol as protocol_mod
 from ptuning import results as results_mod
 from ptuning.errors import PtuningError
@@ -108,7 +109,11 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
     collate = data_mod.Collator(tokenizer.pad_token_id)
     generator = torch.Generator().manual_seed(job.seed)
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
+    speed = fast.plan(job, device, echo)  # fast or faithful path (see ptuning/fast.py)
+    if speed.fast:
+        train_loader = fast.train_loader(job, train_set, tokenizer, speed, generator)
+    else:
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
     eval_loaders = {
         split: torch.utils.data.DataLoader(ds, batch_size=job.eval_batch_size, shuffle=False, collate_fn=collate, pin_memory=pin)
         for split, ds in eval_sets.items()
@@ -116,24 +121,42 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
     n_epochs = job.epochs if method.trains else 0
 
     model.to(device)
-    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], job.lr, job.weight_decay) if method.trains else None
+    optimizer, loss_fn = None, None
+    if method.trains:
+        trainable_params = [p for _, p in method.trainable_parameters(model)]
+        if speed.fast:
+            optimizer = fast.make_optimizer(trainable_params, job.lr, job.weight_decay, speed)
+            loss_fn = fast.LossFn(model, speed.compile, echo)
+        else:
+            optimizer = make_optimizer(trainable_params, job.lr, job.weight_decay)
     generation_model = method.generation_model(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     echo(f"[{job.name}] {job.title} ({job.knob_summary}): {trainable:,} trainable of {total:,} parameters; "
          f"{len(train_set):,} train / {', '.join(f'{len(ds):,} {s}' for s, ds in eval_sets.items())} reviews on {device}, "
-         f"{job.protocol} protocol, seed {job.seed}")
+         f"{job.protocol} protocol, seed {job.seed}, {'fast' if speed.fast else 'faithful'} path, {speed.precision}")
     epochs: list[dict[str, Any]] = []
     started = time.perf_counter()
     for epoch in range(0 if n_epochs == 0 else 1, n_epochs + 1):
         t0 = time.perf_counter()
-        loss = train_epoch(model, train_loader, optimizer, device, job.precision, f"{job.name} epoch {epoch}/{n_epochs}") if optimizer else None
+        description = f"{job.name} epoch {epoch}/{n_epochs}"
+        if optimizer is None:
+            loss = None
+        elif speed.fast:
+            loss = fast.train_epoch(model, train_loader, optimizer, device, speed, description, loss_fn=loss_fn)
+        else:
+            loss = train_epoch(model, train_loader, optimizer, device, speed.precision, description)
         t1 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": loss}
         for split, loader in eval_loaders.items():
             key = "accuracy" if split == "test" else "val_accuracy"  # "accuracy" is always the test split's
-            record[key] = evaluate(generation_model, loader, tokenizer, list(job.labels), device, job.generate_max_length, job.precision, f"{job.name} eval {split} {epoch}")
+            description = f"{job.name} eval {split} {epoch}"
+            if speed.fast:
+                record[key] = fast.evaluate(generation_model, eval_sets[split], tokenizer, list(job.labels), device, speed.eval_batch_size,
+                                            job.generate_max_length, speed.precision, description)
+            else:
+                record[key] = evaluate(generation_model, loader, tokenizer, list(job.labels), device, job.generate_max_length, speed.precision, description)
         t2 = time.perf_counter()
         record.update(train_seconds=t1 - t0, eval_seconds=t2 - t1)
         epochs.append(record)
@@ -164,6 +187,7 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
         "wall_seconds": time.perf_counter() - started,
+        "speed": speed.describe(),
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "artifact": Path(artifact).name if artifact else None,
         "artifact_bytes": results_mod.disk_bytes(artifact),
