@@ -228,8 +228,8 @@ def test_run_all_with_concurrency_two(tmp_path, tiny_model_dir, tiny_data_dir):
     assert result.exit_code == 0, result.output
     for name in ("full_ft", "lora_8"):
         assert json.loads((out / name / "seed0" / "result.json").read_text())["status"] == "completed"
-        assert "max accuracy" in (out / "logs" / f"{name}.log").read_text()
-        assert f"[{name}] max accuracy" in result.output
+        assert "reported test accuracy" in (out / "logs" / f"{name}.log").read_text()
+        assert f"[{name}] reported test accuracy" in result.output
     assert "| full_ft" in result.output  # the tables follow
 
 
