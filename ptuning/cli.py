@@ -14,15 +14,32 @@ from ptuning.errors import PtuningError
 class Cli(click.Group):
     """Turns a PtuningError into one line on stderr and exit status 1 (never a traceback)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ptuning.argv"] = list(args)  # for the resume command printed on interruption
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
+        from ptuning.interrupt import Interrupted
+
         try:
             return super().invoke(ctx)
         except PtuningError as exc:
             click.echo(f"ptuning: error: {exc}", err=True)
             sys.exit(1)
+        except Interrupted as exc:
+            click.echo(f"ptuning: interrupted by {exc.signal_name}: {exc.detail}; to resume, run: {resume_command(ctx)}", err=True)
+            sys.exit(exc.exit_status)
         except KeyboardInterrupt:
             click.echo("ptuning: interrupted", err=True)
             sys.exit(130)
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The command line that continues this run (the same one, without --force)."""
+    import shlex
+
+    args = [a for a in ctx.meta.get("ptuning.argv", []) if a != "--force"]
+    return " ".join([ctx.info_name or "ptuning", *map(shlex.quote, args)])
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,6 +68,7 @@ def run_options(f):
         click.option("--seed", type=int, help="Random seed (default: the job's, 0)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
+        click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -66,19 +84,26 @@ OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed")
 
 
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
-    """Run jobs one after another; a job that fails is reported and the next one runs. Returns failures."""
+    """Run jobs one after another; a job that fails is reported and the next one runs. Returns failures.
+
+    Holds the output directory's lock; SIGINT/SIGTERM stop after the current training step (ptuning/interrupt.py).
+    """
+    from ptuning.interrupt import StopRequest
+    from ptuning.lock import OutputLock
     from ptuning.runner import resolve_device, run_job
 
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     overrides = {k: kwargs.get(k) for k in OVERRIDES}
     jobs = [job.override(**overrides) for job in jobs]  # validate every override first
     failures = []
-    for job in jobs:
-        try:
-            run_job(job, Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
-        except PtuningError as exc:
-            click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
-            failures.append((job.name, str(exc)))
+    with OutputLock(Path(kwargs["output_dir"])), StopRequest() as stop:
+        for job in jobs:
+            stop.check(f"stopped before job {job.name}")
+            try:
+                run_job(job, Path(kwargs["output_dir"]), kwargs["device"], echo=echo, force=kwargs.get("force", False), stop=stop)
+            except PtuningError as exc:
+                click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
+                failures.append((job.name, str(exc)))
     return failures
 
 
@@ -169,7 +194,7 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
     jobs.sort(key=lambda j: (j.row, j.name))
     for job in jobs:
         try:
-            run_job(job.override(model=str(model_dir), dataset=str(data_dir), **smoke_mod.SMOKE_SETTINGS), Path(output_dir), "cpu")
+            run_job(job.override(model=str(model_dir), dataset=str(data_dir), **smoke_mod.SMOKE_SETTINGS), Path(output_dir), "cpu", force=True)
         except PtuningError as exc:
             click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
             failures.append(job.name)

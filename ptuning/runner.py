@@ -14,13 +14,16 @@ import click
 import torch
 
 from ptuning import data as data_mod
+from ptuning import checkpoint
 from ptuning import results as results_mod
+from ptuning.atomic import atomic_save
 from ptuning.errors import PtuningError
 from ptuning.evaluate import evaluate
 from ptuning.jobs import Job
 from ptuning.methods import build_method, count_parameters
 from ptuning.model import load_model
-from ptuning.train import make_optimizer, train_epoch
+from ptuning.interrupt import StopRequest, pause_hook
+from ptuning.train import NonFiniteLoss, make_optimizer, train_epoch
 
 _SPLITS: dict[tuple[str, str | None], Any] = {}
 
@@ -72,11 +75,34 @@ def check_writable(directory: Path) -> None:
         raise PtuningError(f"cannot write to output directory {directory}: {exc.strerror or exc}; pass --output-dir with a writable directory") from None
 
 
-def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
-    """Train and evaluate one job; write `<output_dir>/<job>/seed<seed>/result.json` and the trained parameters."""
+def run_job(
+    job: Job,
+    output_dir: Path,
+    device_name: str | None = None,
+    echo: Callable[[str], None] = click.echo,
+    force: bool = False,
+    stop: StopRequest | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one job; write `<output_dir>/<job>/seed<seed>/result.json` and the trained parameters.
+
+    A completed result with the same configuration is skipped, a checkpoint with the same
+    configuration is resumed (see ptuning/checkpoint.py); `force` starts from scratch. `stop` is
+    looked at after every training step: when a signal asked to stop, a checkpoint is written and
+    `Interrupted` raised.
+    """
     output_dir = Path(output_dir)
     device = resolve_device(device_name)
     check_writable(output_dir)
+    rdir = results_mod.run_dir(output_dir, job.name, job.seed)
+    result_path = rdir / results_mod.RESULT_FILE
+    ckpt_path = rdir / checkpoint.CHECKPOINT_FILE
+    config = job.config()
+    action, found = checkpoint.plan(rdir, config, force)
+    if action == "skip":
+        echo(f"[{job.name}] already completed with this configuration ({result_path}); skipping (--force reruns it)")
+        return found
+    if stop is not None:
+        stop.check(f"{job.name} had not started; nothing new was saved")
     seed_everything(job.seed)
 
     model, tokenizer = load_model(job.model)
@@ -111,26 +137,80 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
     echo(f"[{job.name}] {job.title} ({job.knob_summary}): {trainable:,} trainable of {total:,} parameters; "
          f"{len(train_set):,} train / {len(test_set):,} test reviews on {device}")
     epochs: list[dict[str, Any]] = []
+    steps_per_epoch = len(train_loader)
+    start_step, start_total, start_seconds, prior_wall = 0, 0.0, 0.0, 0.0
+    resumed_from = None
+    if found is not None:
+        checkpoint.load_trainable_state(method, model, found["trainable"], ckpt_path)
+        optimizer.load_state_dict(found["optimizer"])
+        generator.set_state(found["generator"])
+        epochs = list(found["epochs"])
+        start_step, start_total, start_seconds = found["step"], found["loss_total"], found["step_seconds"]
+        prior_wall = found["wall_seconds"]
+        checkpoint.set_rng_state(found["rng"], device)  # last: nothing after this may draw random numbers
+        resumed_from = {"epochs_done": len(epochs), "step": start_step}
+        where = f"epoch {len(epochs) + 1}, after step {start_step} of {steps_per_epoch}" if start_step else f"the end of epoch {len(epochs)}"
+        echo(f"[{job.name}] resuming from {ckpt_path} at {where}")
+
+    def save_checkpoint(generator_state, step: int, loss_total: float, step_seconds: float) -> None:
+        checkpoint.save(ckpt_path, {
+            "config": config,
+            "trainable": checkpoint.trainable_state(method, model),
+            "optimizer": optimizer.state_dict(),
+            "rng": checkpoint.rng_state(device),
+            "generator": generator_state,
+            "epochs": epochs,
+            "step": step,
+            "loss_total": loss_total,
+            "step_seconds": step_seconds,
+            "wall_seconds": prior_wall + time.perf_counter() - started,
+        })
+
+    class _Stop(Exception):
+        pass
+
     started = time.perf_counter()
-    for epoch in range(1, job.epochs + 1):
-        t0 = time.perf_counter()
-        loss = train_epoch(model, train_loader, optimizer, device, job.precision, f"{job.name} epoch {epoch}/{job.epochs}")
-        t1 = time.perf_counter()
-        acc = evaluate(generation_model, test_loader, tokenizer, list(job.labels), device, job.generate_max_length, job.precision, f"{job.name} eval {epoch}")
-        t2 = time.perf_counter()
-        epochs.append({"epoch": epoch, "train_loss": loss, "accuracy": acc, "train_seconds": t1 - t0, "eval_seconds": t2 - t1})
-        echo(f"[{job.name}] epoch {epoch}/{job.epochs}: loss {loss:.4f}, accuracy {acc:.2f}%, train {t1 - t0:.1f}s, eval {t2 - t1:.1f}s")
+    try:
+        for epoch in range(len(epochs) + 1, job.epochs + 1):
+            epoch_start_generator = generator.get_state()  # replaying it gives this epoch's shuffle order
+            progress = {"step": start_step, "total": start_total}
+            t0 = time.perf_counter()
+
+            def on_step(step: int, value: float) -> None:
+                progress["step"], progress["total"] = step, progress["total"] + value  # same sum as train_epoch's
+                pause_hook(epoch, step, stop)
+                if stop is not None and stop.requested:
+                    raise _Stop
+
+            try:
+                loss = train_epoch(model, train_loader, optimizer, device, job.precision, f"{job.name} epoch {epoch}/{job.epochs}",
+                                   on_step=on_step, start_step=start_step, start_total=start_total)
+            except _Stop:
+                save_checkpoint(epoch_start_generator, progress["step"], progress["total"], start_seconds + time.perf_counter() - t0)
+                stop.check(f"{job.name} stopped in epoch {epoch}/{job.epochs} after step {progress['step']} of {steps_per_epoch}; checkpoint: {ckpt_path}")
+            t1 = time.perf_counter()
+            acc = evaluate(generation_model, test_loader, tokenizer, list(job.labels), device, job.generate_max_length, job.precision, f"{job.name} eval {epoch}")
+            t2 = time.perf_counter()
+            epochs.append({"epoch": epoch, "train_loss": loss, "accuracy": acc, "train_seconds": start_seconds + t1 - t0, "eval_seconds": t2 - t1})
+            start_step, start_total, start_seconds = 0, 0.0, 0.0
+            save_checkpoint(generator.get_state(), 0, 0.0, 0.0)
+            echo(f"[{job.name}] epoch {epoch}/{job.epochs}: loss {loss:.4f}, accuracy {acc:.2f}%, train {epochs[-1]['train_seconds']:.1f}s, eval {t2 - t1:.1f}s")
+            if stop is not None and epoch < job.epochs:  # after the last epoch, finish the job instead
+                stop.check(f"{job.name} stopped after epoch {epoch}/{job.epochs}; checkpoint: {ckpt_path}")
+    except (NonFiniteLoss, torch.OutOfMemoryError) as exc:
+        reason = str(exc) if isinstance(exc, NonFiniteLoss) else f"out of memory on {device} in {job.name} (try a smaller batch_size)"
+        record_failure(job, result_path, reason, epochs, params, device)
+        raise PtuningError(f"{reason}; recorded as failed in {result_path}") from None
 
     best = max(epochs, key=lambda e: e["accuracy"])  # first epoch reaching the max
-    rdir = results_mod.run_dir(output_dir, job.name, job.seed)
     rdir.mkdir(parents=True, exist_ok=True)
-    artifact = method.save(model, rdir / method.artifact)
+    artifact = atomic_save(rdir / method.artifact, lambda tmp: method.save(model, tmp))
     result = {
         "job": job.name,
         "title": job.title,
         "row": job.row,
         "status": "completed",
-        "config": job.config(),
+        "config": config,
         "reference": {"accuracy": job.reference_accuracy, "total_params": job.reference_total_params},
         "epochs": epochs,
         "max_accuracy": best["accuracy"],
@@ -139,11 +219,38 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
         "params": params,
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": prior_wall + time.perf_counter() - started,
+        "resumed_from": resumed_from,
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "artifact": Path(artifact).name,
         "environment": results_mod.environment(device),
     }
-    results_mod.write_result(rdir / results_mod.RESULT_FILE, result)
-    echo(f"[{job.name}] max accuracy {best['accuracy']:.2f}% at epoch {best['epoch']}; result: {rdir / results_mod.RESULT_FILE}")
+    results_mod.write_result(result_path, result)
+    try:
+        ckpt_path.unlink()  # the result and the parameters now hold everything
+    except FileNotFoundError:
+        pass
+    echo(f"[{job.name}] max accuracy {best['accuracy']:.2f}% at epoch {best['epoch']}; result: {result_path}")
     return result
+
+
+def record_failure(job: Job, result_path: Path, reason: str, epochs: list, params: dict, device: torch.device) -> None:
+    """Write a `failed` result (the tables show it), unless it would replace a completed one."""
+    if result_path.is_file():
+        try:
+            if results_mod.read_result(result_path).get("status") == "completed":
+                return  # a forced rerun failed: keep the earlier completed result
+        except PtuningError:
+            pass
+    results_mod.write_result(result_path, {
+        "job": job.name,
+        "title": job.title,
+        "row": job.row,
+        "status": "failed",
+        "reason": reason,
+        "config": job.config(),
+        "reference": {"accuracy": job.reference_accuracy, "total_params": job.reference_total_params},
+        "epochs": epochs,
+        "params": params,
+        "environment": results_mod.environment(device),
+    })

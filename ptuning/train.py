@@ -39,12 +39,21 @@ def train_epoch(
     precision: str = "fp32",
     description: str = "train",
     on_step: Callable[[int, float], None] | None = None,
+    start_step: int = 0,
+    start_total: float = 0.0,
 ) -> float:
-    """One pass over `loader`; returns the mean training loss. Stops on a non-finite loss."""
+    """One pass over `loader`; returns the mean training loss. Stops on a non-finite loss.
+
+    To resume an epoch stopped after `start_step` steps, pass the same shuffle order (the loader's
+    generator in its epoch-start state) and the loss sum so far: the first `start_step` batches are
+    drawn and skipped, so the result equals an uninterrupted epoch's.
+    """
     model.train()
-    total, steps = 0.0, 0
+    total, steps = start_total, start_step
     bar = tqdm(loader, desc=description, leave=False, dynamic_ncols=True, disable=None)
-    for batch in bar:
+    for index, batch in enumerate(bar):
+        if index < start_step:
+            continue
         batch = to_device(batch, device)
         with autocast(device, precision):
             loss = model(**batch).loss
