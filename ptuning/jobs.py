@@ -276,7 +276,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
             if spec.default is None:
                 raise PtuningError(f"{where}: missing required key 'method.{key}' for {mname}/{impl}")
             knobs[key] = spec.default
-    try:  # the method's own rules a Knob cannot express (alpha > 0, dropout < 1, ...), at load time
+    try:  # rules a Knob cannot express (e.g. LoRA's alpha > 0)
         knobs = cls.validate(knobs)
     except PtuningError as exc:
         raise PtuningError(f"{where}: {exc}") from None
