@@ -14,15 +14,32 @@ from ptuning.errors import PtuningError
 class Cli(click.Group):
     """Turns a PtuningError into one line on stderr and exit status 1 (never a traceback)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ptuning.argv"] = list(args)  # for the resume command printed on interruption
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
+        from ptuning.interrupt import Interrupted
+
         try:
             return super().invoke(ctx)
         except PtuningError as exc:
             click.echo(f"ptuning: error: {exc}", err=True)
             sys.exit(1)
+        except Interrupted as exc:
+            click.echo(f"ptuning: interrupted by {exc.signal_name}: {exc.detail}; to resume, run: {resume_command(ctx)}", err=True)
+            sys.exit(exc.exit_status)
         except KeyboardInterrupt:
             click.echo("ptuning: interrupted", err=True)
             sys.exit(130)
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The command line that continues this run (the same one, without --force)."""
+    import shlex
+
+    args = [a for a in ctx.meta.get("ptuning.argv", []) if a != "--force"]
+    return " ".join([ctx.info_name or "ptuning", *map(shlex.quote, args)])
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,6 +74,7 @@ def run_options(f):
         click.option("--speed", type=click.Choice(["auto", "fast", "faithful"]), help="fast path or the exercise's loop (default auto: fast on CUDA, faithful on CPU)."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto (default): bf16 autocast on the fast path on CUDA, else fp32."),
         click.option("--compile/--no-compile", "compile_", default=None, help="Fast path on CUDA: torch.compile over length buckets (default off)."),
+        click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -84,7 +102,12 @@ OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", 
 
 
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
-    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures."""
+    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
+
+    Holds the output directory's lock; SIGINT/SIGTERM stop after the current training step (ptuning/interrupt.py).
+    """
+    from ptuning.interrupt import StopRequest
+    from ptuning.lock import OutputLock
     from ptuning.runner import resolve_device, run_job
 
     if kwargs.get("seed") is not None and kwargs.get("seeds") is not None:
@@ -96,14 +119,17 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     overrides["compile"] = kwargs.get("compile_")
     jobs = [job.override(**overrides) for job in jobs]  # validate every override first
     failures = []
-    for job in jobs:
-        for seed in job.seed_list:
-            try:
-                run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
-            except PtuningError as exc:
+    with OutputLock(Path(kwargs["output_dir"])), StopRequest() as stop:
+        for job in jobs:
+            for seed in job.seed_list:
                 label = job.name if len(job.seed_list) == 1 else f"{job.name} seed {seed}"
-                click.echo(f"ptuning: error: [{label}] {exc}", err=True)
-                failures.append((label, str(exc)))
+                stop.check(f"stopped before {label}")
+                try:
+                    run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo,
+                            force=kwargs.get("force", False), stop=stop)
+                except PtuningError as exc:
+                    click.echo(f"ptuning: error: [{label}] {exc}", err=True)
+                    failures.append((label, str(exc)))
     return failures
 
 
@@ -130,6 +156,10 @@ def _child_options(ctx: click.Context, skip: tuple[str, ...] = ("concurrency",))
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
+    import os
+    import signal
+
+    from ptuning.lock import INHERIT_ENV, OutputLock
     from ptuning.parallel import run_concurrently
     from ptuning.runner import check_writable, resolve_device
 
@@ -139,9 +169,20 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
         job.override(**overrides)
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
-    click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
-    return run_concurrently([j.name for j in jobs], _child_options(ctx), output_dir, concurrency,
-                            jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
+
+    def terminate(signum, frame):  # docker stop / CI cancel: stop the children (each checkpoints), then exit
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with OutputLock(output_dir):  # the children share it (they see our pid in INHERIT_ENV)
+            os.environ[INHERIT_ENV] = str(os.getpid())
+            click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
+            return run_concurrently([j.name for j in jobs], _child_options(ctx), output_dir, concurrency,
+                                    jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
+    finally:
+        os.environ.pop(INHERIT_ENV, None)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_tables(jobs, results_dir: Path) -> None:
@@ -321,7 +362,7 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
     jobs.sort(key=lambda j: (j.row, j.name))
     for job in jobs:
         try:
-            run_job(job.override(model=str(model_dir), dataset=str(data_dir), **smoke_mod.SMOKE_SETTINGS), Path(output_dir), "cpu")
+            run_job(job.override(model=str(model_dir), dataset=str(data_dir), **smoke_mod.SMOKE_SETTINGS), Path(output_dir), "cpu", force=True)
         except PtuningError as exc:
             click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
             failures.append(job.name)

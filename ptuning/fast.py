@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ptuning.data import IGNORE_INDEX, Collator
-from ptuning.train import NonFiniteLoss, autocast
+from ptuning.train import NonFiniteLoss, StopEpoch, autocast
 
 #: on CUDA, read the losses back (and check them) every this many steps instead of every step
 SYNC_EVERY = 50
@@ -355,18 +355,21 @@ class LossFn:
 
 
 def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, description: str = "train",
-                on_step: Callable[[int, float], None] | None = None, loss_fn: LossFn | None = None) -> float:
+                on_step: Callable[[int, float], None] | None = None, loss_fn: LossFn | None = None,
+                start_step: int = 0, start_total: float = 0.0, should_stop: Callable[[], bool] | None = None) -> float:
     """One pass over `loader` on the fast path; returns the mean training loss.
 
     Same update as `ptuning.train.train_epoch`. On CUDA the losses are read back every `sync_every` steps,
     so the CPU queues work ahead of the GPU; a non-finite loss then raises `NonFiniteLoss` naming its step,
     up to `sync_every - 1` optimizer steps after it happened (the run is lost either way).
+    `start_step`/`start_total`/`should_stop` resume and stop an epoch exactly as in `ptuning.train.train_epoch`:
+    before raising `StopEpoch`, every pending loss is read back, so the reported step is the last one applied.
     """
     from tqdm.auto import tqdm
 
     model.train()
     loss_fn = loss_fn or LossFn(model)
-    total, steps = 0.0, 0
+    total, steps = start_total, start_step
     pending: list[torch.Tensor] = []
     bar = tqdm(loader, desc=description, leave=False, dynamic_ncols=True, disable=None)
 
@@ -385,7 +388,9 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
                 on_step(steps, value)
         bar.set_postfix(loss=f"{values[-1]:.4f}", refresh=False)
 
-    for batch in bar:
+    for index, batch in enumerate(bar):
+        if index < start_step:  # resuming: same shuffle order, skip the batches already trained on
+            continue
         batch = {k: v.to(device, non_blocking=the_plan.pin_memory) for k, v in batch.items()}
         with autocast(device, the_plan.precision):
             loss = loss_fn(batch)
@@ -399,5 +404,8 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
             pending.append(loss.detach())
             if len(pending) >= the_plan.sync_every:
                 flush()
+        if should_stop is not None and should_stop():
+            flush()
+            raise StopEpoch(steps, total)
     flush()
     return total / max(steps, 1)

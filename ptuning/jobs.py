@@ -31,6 +31,7 @@ class Setting:
     choices: tuple[str, ...] | None = None
     optional: bool = False  # None allowed
     exclusive_minimum: bool = False
+    maximum: float | None = None
 
 
 #: every training/evaluation key, its type and bounds; defaults come from jobs/_defaults.yaml
@@ -45,7 +46,7 @@ SETTINGS: dict[str, Setting] = {
     "epochs": Setting(int, minimum=1),
     "max_length": Setting(int, minimum=2),
     "generate_max_length": Setting(int, minimum=2),
-    "seed": Setting(int, minimum=0),
+    "seed": Setting(int, minimum=0, maximum=2**32 - 1),  # numpy's seed range
     "train_limit": Setting(int, minimum=1, optional=True),
     "eval_limit": Setting(int, minimum=1, optional=True),
     "precision": Setting(str, choices=("auto", "fp32", "bf16")),
@@ -128,20 +129,29 @@ def _suggest(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """repr(value), shortened: error messages stay one readable line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _type_name(t) -> str:
     return {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true/false"}.get(t, str(t))
 
 
 def _check_type(where: str, key: str, value: Any, expected: type) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise PtuningError(f"{where}: {key!r} must be a finite number, got an integer with {len(str(value))} digits") from None
     if expected is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
         try:
             value = float(value)
         except ValueError:
             pass
     if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-        raise PtuningError(f"{where}: {key!r} must be {_type_name(expected)}, got {value!r}")
+        raise PtuningError(f"{where}: {key!r} must be {_type_name(expected)}, got {_show(value)}")
     if expected is float and not math.isfinite(value):
         raise PtuningError(f"{where}: {key!r} must be a finite number, got {value!r}")
     return value
@@ -158,11 +168,15 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
         too_small = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
         if too_small:
             bound = f"greater than {spec.minimum:g}" if spec.exclusive_minimum else f"at least {spec.minimum:g}"
-            raise PtuningError(f"{where}: {key!r} must be {bound}, got {value!r}")
+            raise PtuningError(f"{where}: {key!r} must be {bound}, got {_show(value)}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise PtuningError(f"{where}: {key!r} must be at most {spec.maximum:.0f}, got {_show(value)}")
     if spec.choices and value not in spec.choices:
-        raise PtuningError(f"{where}: {key!r} must be one of {', '.join(spec.choices)}, got {value!r}")
-    if key == "labels" and (len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value)):
-        raise PtuningError(f"{where}: 'labels' must be two words (label 0, label 1), got {value!r}")
+        raise PtuningError(f"{where}: {key!r} must be one of {', '.join(spec.choices)}, got {_show(value)}")
+    if key == "labels" and (
+        len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value) or value[0].strip() == value[1].strip()
+    ):
+        raise PtuningError(f"{where}: 'labels' must be two words (label 0, label 1) that differ, got {_show(value)}")
     if key == "seeds":
         if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
             raise PtuningError(f"{where}: 'seeds' must be a non-empty list of integers >= 0, got {value!r}")
@@ -174,11 +188,15 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PtuningError(f"{path}: cannot read job file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise PtuningError(f"{path}: a job file must be UTF-8 text (byte {exc.start} is not)") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise PtuningError(f"{path}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -188,10 +206,13 @@ def _read_yaml(path: Path) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise PtuningError(f"{path}: a job file must be a mapping of keys to values, got {type(data).__name__}")
-    for key in data:
-        if not isinstance(key, str):
-            raise PtuningError(f"{path}: keys must be strings, got {key!r}")
     return data
+
+
+def _check_keys(where: str, mapping: dict, prefix: str) -> None:
+    for key in mapping:
+        if not isinstance(key, str):
+            raise PtuningError(f"{where}: keys must be strings, got {prefix}{_show(key)}")
 
 
 def jobs_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -211,6 +232,7 @@ def jobs_dir(explicit: str | os.PathLike | None = None) -> Path:
 def load_defaults(directory: Path) -> dict[str, Any]:
     path = directory / DEFAULTS_FILE
     data = _read_yaml(path) if path.exists() else {}
+    _check_keys(str(path), data, "")
     for key in data:
         if key not in SETTINGS:
             raise PtuningError(f"{path}: unknown key {key!r}{_suggest(key, SETTINGS)}")
@@ -224,9 +246,10 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     """Validate a job mapping (already read from YAML) on top of the defaults."""
     from ptuning.methods import REGISTRY, method_class
 
+    _check_keys(where, data, "")
     for key in data:
         if key not in TOP_LEVEL:
-            raise PtuningError(f"{where}: unknown key {key!r}{_suggest(key, TOP_LEVEL)}")
+            raise PtuningError(f"{where}: unknown key {_show(key)}{_suggest(key, TOP_LEVEL)}")
     for key in ("title", "method"):
         if key not in data:
             raise PtuningError(f"{where}: missing required key {key!r}")
@@ -242,19 +265,20 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     block = data["method"]
     if not isinstance(block, dict):
         raise PtuningError(f"{where}: 'method' must be a mapping with 'name' and 'implementation'")
+    _check_keys(where, block, "method.")
     for key in ("name", "implementation"):
         if key not in block:
             raise PtuningError(f"{where}: missing required key 'method.{key}'")
         if not isinstance(block[key], str):
-            raise PtuningError(f"{where}: 'method.{key}' must be a string, got {block[key]!r}")
+            raise PtuningError(f"{where}: 'method.{key}' must be a string, got {_show(block[key])}")
     mname, impl = block["name"], block["implementation"]
     if (mname, impl) not in REGISTRY:
         names = {m for m, _ in REGISTRY}
         if mname not in names:
-            raise PtuningError(f"{where}: unknown method.name {mname!r}{_suggest(mname, names)}; known: {', '.join(sorted(names))}")
+            raise PtuningError(f"{where}: unknown method.name {_show(mname)}{_suggest(mname, names)}; known: {', '.join(sorted(names))}")
         impls = sorted(i for m, i in REGISTRY if m == mname)
         raise PtuningError(
-            f"{where}: method {mname!r} has no implementation {impl!r}{_suggest(impl, impls)}; known: {', '.join(impls)}"
+            f"{where}: method {mname!r} has no implementation {_show(impl)}{_suggest(impl, impls)}; known: {', '.join(impls)}"
         )
     cls = method_class(mname, impl)
     if "lr" not in data:
@@ -267,11 +291,11 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
             continue
         if key not in cls.knobs:
             hint = _suggest(key, cls.knobs) or (f"; allowed: {', '.join(cls.knobs)}" if cls.knobs else "; it takes none")
-            raise PtuningError(f"{where}: unknown key 'method.{key}' for {mname}/{impl}{hint}")
+            raise PtuningError(f"{where}: unknown key {_show('method.' + key)} for {mname}/{impl}{hint}")
         spec = cls.knobs[key]
         value = _check_type(where, f"method.{key}", value, spec.type)
         if spec.minimum is not None and value < spec.minimum:
-            raise PtuningError(f"{where}: 'method.{key}' must be at least {spec.minimum:g}, got {value!r}")
+            raise PtuningError(f"{where}: 'method.{key}' must be at least {spec.minimum:g}, got {_show(value)}")
         knobs[key] = value
     for key, spec in cls.knobs.items():
         if key not in knobs:
@@ -286,9 +310,11 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     reference = data.get("reference") or {}
     if not isinstance(reference, dict):
         raise PtuningError(f"{where}: 'reference' must be a mapping with 'accuracy' and 'total_params'")
+    _check_keys(where, reference, "reference.")
+    reference = dict(reference)
     for key, value in reference.items():
         if key not in REFERENCE_KEYS:
-            raise PtuningError(f"{where}: unknown key 'reference.{key}'{_suggest(key, REFERENCE_KEYS)}")
+            raise PtuningError(f"{where}: unknown key {_show('reference.' + key)}{_suggest(key, REFERENCE_KEYS)}")
         if value is not None:
             reference[key] = _check_type(where, f"reference.{key}", value, REFERENCE_KEYS[key])
 
