@@ -308,3 +308,54 @@ def test_atomic_save_replaces_a_directory_whole_or_not_at_all(tmp_path):
     assert (target / "weights.bin").read_bytes() == b"new" and files(tmp_path) == ["adapter/weights.bin"]
     atomic_save(tmp_path / "x.pt", lambda tmp: torch.save({"a": 1}, tmp))
     assert torch.load(tmp_path / "x.pt") == {"a": 1}
+
+
+def test_fast_path_and_heldout_protocol_resume_exactly(jobs_dir, tmp_path, monkeypatch):
+    """Stop mid-epoch on the fast path under the held-out protocol; resuming gives the uninterrupted result."""
+    extra = ("--speed", "fast", "--protocol", "heldout", "--heldout-size", "4")
+
+    def curve(out):
+        data = json.loads((out / "a" / "heldout-seed0" / "result.json").read_text())
+        assert data["status"] == "completed" and data["speed"]["fast"] is True
+        return [(e["train_loss"], e["accuracy"], e["val_accuracy"]) for e in data["epochs"]]
+
+    whole = tmp_path / "whole"
+    assert run_a(jobs_dir, whole, *extra).exit_code == 0
+    out = tmp_path / "out"
+
+    def interrupt_at_2_1(epoch, step, stop):
+        if (epoch, step) == (2, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("ptuning.runner.pause_hook", interrupt_at_2_1)
+    stopped = run_a(jobs_dir, out, *extra)
+    assert stopped.exit_code == 130 and "after step 1 of" in stopped.stderr
+    assert checkpoint.load(out / "a" / "heldout-seed0" / "checkpoint.pt")["step"] == 1
+    monkeypatch.undo()
+    resumed = run_a(jobs_dir, out, *extra)
+    assert resumed.exit_code == 0 and "resuming from" in resumed.output
+    assert curve(out) == curve(whole)
+
+
+def test_zero_shot_rerun_is_skipped(tmp_path, tiny_model_dir, tiny_data_dir):
+    jobs = write_jobs(tmp_path / "jobs", tiny_model_dir, tiny_data_dir,
+                      {"zs": "title: Zero\nrow: 0\nmethod: {name: zero_shot, implementation: hand}\n"})
+    out = tmp_path / "out"
+    first = cli(jobs, "run", "zs", "--device", "cpu", "--output-dir", str(out))
+    assert first.exit_code == 0, first.output
+    again = cli(jobs, "run", "zs", "--device", "cpu", "--output-dir", str(out))
+    assert again.exit_code == 0 and "already completed with this configuration" in again.output
+    assert files(out) == ["zs/seed0/result.json"]
+
+
+def test_concurrency_children_share_the_parents_lock_and_nobody_else_does(tmp_path, monkeypatch):
+    from ptuning.errors import PtuningError
+    from ptuning.lock import INHERIT_ENV
+
+    with OutputLock(tmp_path):
+        monkeypatch.setenv(INHERIT_ENV, str(os.getpid()))
+        with OutputLock(tmp_path):  # a child of `run-all --concurrency`
+            pass
+        monkeypatch.setenv(INHERIT_ENV, "999999")
+        with pytest.raises(PtuningError, match="in use by another ptuning run"):
+            OutputLock(tmp_path).acquire()
