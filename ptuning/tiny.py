@@ -1,0 +1,142 @@
+"""Tiny, offline stand-ins for t5-small and IMDb, used by `ptuning smoke` and by the tests.
+
+They are written to disk and then loaded through the very code paths that load the hub's model
+and dataset (`from_pretrained` on a directory, `datasets` on json files), so the smoke test
+exercises the real pipeline without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+POSITIVE = "great wonderful superb moving brilliant charming delightful touching best loved".split()
+NEGATIVE = "awful boring dull terrible worst wasted poor stupid bland annoying".split()
+NEUTRAL = (
+    "the movie film plot actor actress story scene director music script ending character "
+    "was is and a of to it this that with for but as on an very really quite so too at"
+).split()
+
+
+def tiny_t5_config(vocab_size: int):
+    """A 2+2-block T5 with the t5-small architecture's shape rules (relu FFN, tied embeddings)."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.1,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+def t5_small_config():
+    """The exact t5-small configuration (builds a random-weight model with 60,506,624 parameters)."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=32128,
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_heads=8,
+        relative_attention_num_buckets=32,
+        dropout_rate=0.1,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+def review(rng: random.Random, label: int, length: int) -> str:
+    """A fake review: neutral filler with sentiment words of one polarity, and `<br />` breaks."""
+    pool = POSITIVE if label == 1 else NEGATIVE
+    words = [rng.choice(pool) if rng.random() < 0.25 else rng.choice(NEUTRAL) for _ in range(length)]
+    if length > 8:
+        words.insert(length // 2, "<br /><br />")
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
+
+
+def write_dataset(directory: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """IMDb-shaped json-lines files: train.jsonl, test.jsonl, unsupervised.jsonl with `text`, `label`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("test", n_test), ("unsupervised", 8)):
+        with open(directory / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                label = -1 if split == "unsupervised" else i % 2
+                text = review(rng, max(label, 0), rng.randint(5, 60))
+                f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return directory
+
+
+def train_tokenizer(directory: Path, corpus_dir: Path, vocab_size: int = 128):
+    """Train a SentencePiece unigram model on the corpus and save it as a T5 fast tokenizer."""
+    import sentencepiece as spm
+    from transformers import T5TokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = []
+    for path in sorted(Path(corpus_dir).glob("*.jsonl")):
+        with open(path) as f:
+            texts += [json.loads(line)["text"].lower().replace("<br />", " ") for line in f]
+    texts += ["positive negative"] * 20  # the verbalizer's words
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "spiece"),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+        num_threads=1,
+    )
+    corpus.unlink()
+    tokenizer = T5TokenizerFast(vocab_file=str(directory / "spiece.model"), extra_ids=0)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_assets(directory: Path, seed: int = 0, n_train: int = 64, n_test: int = 32) -> tuple[Path, Path]:
+    """Write a tiny IMDb-shaped dataset and a tiny T5 (+ tokenizer) under `directory`.
+
+    Returns (model_dir, dataset_dir). Idempotent: existing assets are reused.
+    """
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    directory = Path(directory)
+    data_dir, model_dir = directory / "imdb-tiny", directory / "t5-tiny"
+    if not (data_dir / "test.jsonl").exists():
+        write_dataset(data_dir, n_train=n_train, n_test=n_test, seed=seed)
+    if not (model_dir / "config.json").exists():
+        tokenizer = train_tokenizer(model_dir, data_dir)
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
+        model.save_pretrained(model_dir)
+    return model_dir, data_dir
