@@ -17,6 +17,9 @@ __all__ = ["Knob", "Method", "count_parameters", "REGISTRY", "method_class", "bu
 #: (method, implementation) → "module:Class"
 REGISTRY: dict[tuple[str, str], str] = {
     ("full", "hand"): "ptuning.methods.full:FullFineTuning",
+    ("soft_prompt", "hand"): "ptuning.methods.soft_prompt:HandSoftPrompt",
+    ("adapter", "hand"): "ptuning.methods.adapter:HandAdapter",
+    ("lora", "hand"): "ptuning.methods.lora:HandLoRA",
 }
 
 #: the package a library backend needs, and how to install it (used in error messages)

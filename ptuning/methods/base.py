@@ -42,7 +42,39 @@ class Method:
     artifact: ClassVar[str] = "trainable.pt"
 
     def __init__(self, **values: Any) -> None:
-        self.values = dict(values)
+        self.values = self.validate(dict(values))
+
+    @classmethod
+    def validate(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Check knob values against `knobs` (unknown, missing, type, minimum); return them coerced.
+
+        Subclasses may extend this for rules a `Knob` cannot express (e.g. a strict lower bound).
+        """
+        from ptuning.errors import PtuningError
+
+        where = f"{cls.name}/{cls.implementation}"
+        unknown = sorted(set(values) - set(cls.knobs))
+        if unknown:
+            raise PtuningError(f"{where}: unknown knob(s) {unknown}; known: {sorted(cls.knobs) or 'none'}")
+        out: dict[str, Any] = {}
+        for key, spec in cls.knobs.items():
+            value = values.get(key, spec.default)
+            if value is None:
+                raise PtuningError(f"{where}: knob {key!r} is required ({spec.help or spec.type.__name__})")
+            ok = not isinstance(value, bool) or spec.type is bool
+            if ok and spec.type is int:
+                ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            elif ok and spec.type is float:
+                ok = isinstance(value, (int, float))
+            elif ok:
+                ok = isinstance(value, spec.type)
+            if not ok:
+                raise PtuningError(f"{where}: knob {key!r} must be {spec.type.__name__}, got {value!r}")
+            value = spec.type(value)
+            if spec.minimum is not None and value < spec.minimum:
+                raise PtuningError(f"{where}: knob {key!r} must be >= {spec.minimum}, got {value!r}")
+            out[key] = value
+        return out
 
     def __getattr__(self, item: str) -> Any:  # knob access as attributes: method.rank
         values = self.__dict__.get("values", {})

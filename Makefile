@@ -1,0 +1,52 @@
+# ptuning — make targets. `make help` lists them.
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+CONSTRAINTS := requirements/constraints.txt
+JOB         ?=
+ARGS        ?=
+RESULTS     ?= results
+
+.DEFAULT_GOAL := help
+.PHONY: help install test smoke run tables params clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) requirements/opendelta.txt
+	$(PYTHON) -m venv $(VENV)
+	@# torch: keep a compatible one if present (e.g. a CUDA build); else take the pinned CPU/CUDA wheel
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,test]"
+	@# OpenDelta's metadata requires the dead `sklearn` package: install it without deps, plus what it imports
+	$(BIN)/pip install -c $(CONSTRAINTS) -r requirements/opendelta.txt
+	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps opendelta
+	@touch $@
+
+install: $(BIN)/ptuning  ## create .venv with everything (from nothing)
+
+test: install  ## run the test suite (CPU, no network)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+smoke: install  ## all ten jobs end to end on a tiny offline model (CPU, minutes)
+	$(BIN)/ptuning smoke $(ARGS)
+
+run: install  ## run all jobs (needs a GPU and the hub), or one: make run JOB=lora_8
+ifeq ($(JOB),)
+	$(BIN)/ptuning run-all --output-dir $(RESULTS) $(ARGS)
+else
+	$(BIN)/ptuning run $(JOB) --output-dir $(RESULTS) $(ARGS)
+endif
+
+tables: install  ## print the accuracy and parameter tables from results/
+	$(BIN)/ptuning tables --results $(RESULTS)
+
+params: install  ## parameter counts of every job vs the analytic formulas (no download)
+	$(BIN)/ptuning params $(ARGS)
+
+clean:  ## remove caches (keeps .venv and results)
+	rm -rf .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+-include docker/docker.mk

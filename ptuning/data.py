@@ -1,0 +1,270 @@
+"""IMDb: loading, preprocessing, tokenization (cached), soft-prompt placeholders, and batching.
+
+Exactly PROTOCOL.md: lowercase, `<br />` → space, inputs truncated to `max_length` tokens including
+`</s>` and any placeholders, targets are the verbalizer word + `</s>`, dynamic right padding,
+label padding -100.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ptuning.errors import PtuningError
+from ptuning.model import hub_error, looks_like_path, resolve
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+IGNORE_INDEX = -100
+
+
+def preprocess(text: str) -> str:
+    """The exercise's cleaning: lowercase, HTML line breaks to spaces."""
+    return text.lower().replace("<br />", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _local_files(directory: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix in LOCAL_FORMATS and path.stem in ("train", "test"):
+            files[path.stem] = str(path)
+    return files
+
+
+def load_splits(ref: str, config: str | None = None):
+    """A `datasets.DatasetDict` with `train` and `test` splits (columns `text`, `label` in {0, 1})."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = resolve(ref, "dataset", "--dataset")
+    try:
+        if looks_like_path(ref):
+            path = Path(source)
+            if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+                data = datasets.load_from_disk(str(path))
+            else:
+                files = _local_files(path) if path.is_dir() else {}
+                if not files:
+                    raise PtuningError(
+                        f"{ref}: no dataset found; expected a directory saved with save_to_disk or "
+                        "train/test files (.jsonl, .json, .csv, .parquet) with columns text and label"
+                    )
+                formats = {LOCAL_FORMATS[Path(f).suffix] for f in files.values()}
+                if len(formats) > 1:
+                    raise PtuningError(f"{ref}: train and test files must have the same format")
+                data = datasets.load_dataset(formats.pop(), data_files=files)
+        else:
+            from ptuning.model import hub_reachable, quiet_hub_logs
+
+            quiet_hub_logs()
+            if hub_reachable():
+                data = datasets.load_dataset(source, config)
+            else:  # straight to the local cache instead of a minute of retries
+                datasets.config.HF_HUB_OFFLINE = True
+                data = datasets.load_dataset(source, config)
+    except PtuningError:
+        raise
+    except (OSError, ValueError, ConnectionError) as exc:
+        if looks_like_path(ref):
+            raise PtuningError(f"{ref}: cannot read the dataset: {str(exc).splitlines()[0]}") from None
+        raise hub_error(ref, "dataset", "--dataset", exc) from None
+    return validate_splits(ref, data)
+
+
+def validate_splits(ref: str, data):
+    import datasets
+
+    if not isinstance(data, datasets.DatasetDict):
+        raise PtuningError(f"{ref}: expected a dataset with train and test splits")
+    missing = [s for s in ("train", "test") if s not in data]
+    if missing:
+        raise PtuningError(f"{ref}: missing split(s) {', '.join(missing)} (need train and test)")
+    data = datasets.DatasetDict({s: data[s] for s in ("train", "test")})  # drops 'unsupervised'
+    for split, ds in data.items():
+        for column in ("text", "label"):
+            if column not in ds.column_names:
+                raise PtuningError(
+                    f"{ref}: split {split!r} has no {column!r} column (columns: {', '.join(ds.column_names)})"
+                )
+        labels = set(ds.unique("label"))
+        if not labels <= {0, 1}:
+            bad = sorted(labels - {0, 1}, key=str)[:5]
+            raise PtuningError(f"{ref}: split {split!r} has labels {bad}; only 0 (negative) and 1 (positive) are allowed")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenization (cached) and placeholders
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PTUNING_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ptuning"
+    )
+    return Path(base) / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Encoded:
+    """Tokenized inputs (each ending in </s>, at most max_length long) and integer labels."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+_MEMO: dict[str, Encoded] = {}
+
+
+def subset(ds, limit: int | None):
+    """`limit` reviews drawn with a fixed seed (0), kept in dataset order; all of them if None.
+
+    IMDb's splits are sorted by label, so the literal first N reviews would all be negative: a
+    quick run with `--train-limit` would learn nothing. The sample does not depend on the job's
+    seed, so every row of a quick table sees the same reviews.
+    """
+    if limit is None or limit >= len(ds):
+        return ds
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randperm(len(ds), generator=generator)[:limit].sort().values.tolist()
+    return ds.select(indices)
+
+
+def encode_split(ds, tokenizer, max_length: int, limit: int | None = None, batch: int = 1000) -> Encoded:
+    """Tokenize `subset(ds, limit)`, memoised in-process and cached on disk."""
+    ds = subset(ds, limit)
+    n = len(ds)
+    fingerprint = getattr(ds, "_fingerprint", None)
+    key = None
+    if fingerprint:
+        key = hashlib.sha256(f"{fingerprint}|{tokenizer_fingerprint(tokenizer)}|{max_length}|{n}".encode()).hexdigest()[:24]
+        if key in _MEMO:
+            return _MEMO[key]
+        path = cache_dir() / f"{key}.pt"
+        if path.exists():
+            try:
+                cached = torch.load(path, weights_only=True)
+                encoded = Encoded(_unflatten(cached["ids"], cached["offsets"]), cached["labels"].tolist())
+                _MEMO[key] = encoded
+                return encoded
+            except Exception:  # a corrupt cache entry is simply rebuilt
+                pass
+    ids: list[list[int]] = []
+    labels: list[int] = []
+    for start in range(0, n, batch):
+        rows = ds[start : min(start + batch, n)]
+        texts = [preprocess(t) for t in rows["text"]]
+        ids += tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        labels += [int(x) for x in rows["label"]]
+    encoded = Encoded(ids, labels)
+    if key:
+        _MEMO[key] = encoded
+        _save_cache(cache_dir() / f"{key}.pt", encoded)
+    return encoded
+
+
+def _unflatten(flat: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
+    values, bounds = flat.tolist(), offsets.tolist()
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _save_cache(path: Path, encoded: Encoded) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lengths = torch.tensor([0] + [len(x) for x in encoded.input_ids])
+        payload = {
+            "ids": torch.tensor([t for row in encoded.input_ids for t in row], dtype=torch.int32),
+            "offsets": torch.cumsum(lengths, 0),
+            "labels": torch.tensor(encoded.labels, dtype=torch.int8),
+        }
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not stop a run
+
+
+def with_placeholders(ids: list[int], n: int, max_length: int, pad_id: int, eos_id: int) -> list[int]:
+    """Prefix n `<pad>` placeholders, keeping the total within max_length and the final </s>.
+
+    Identical to tokenizing with max_length - n: truncation keeps the first max_length - n - 1 text
+    tokens and appends </s>.
+    """
+    budget = max_length - n
+    if budget < 2:
+        raise PtuningError(f"max_length {max_length} leaves no room for text after {n} soft-prompt placeholders")
+    if len(ids) > budget:
+        ids = ids[: budget - 1] + [eos_id]
+    return [pad_id] * n + ids
+
+
+def label_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """The target ids of each verbalizer word: the tokenized word plus </s>."""
+    return [tokenizer(w)["input_ids"] for w in words]
+
+
+class ExamplesDataset(torch.utils.data.Dataset):
+    """(input_ids, target_ids) pairs ready for the collator."""
+
+    def __init__(self, encoded: Encoded, targets: list[list[int]], placeholders: int, max_length: int, pad_id: int, eos_id: int):
+        self.inputs = [with_placeholders(x, placeholders, max_length, pad_id, eos_id) for x in encoded.input_ids] if placeholders else encoded.input_ids
+        self.targets = [targets[y] for y in encoded.labels]
+        self.labels = encoded.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.inputs[i], self.targets[i]
+
+
+class Collator:
+    """Dynamic right padding to the longest in the batch; attention 1 on every real (and placeholder) token."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        n = len(batch)
+        in_len = max(len(x) for x, _ in batch)
+        out_len = max(len(y) for _, y in batch)
+        input_ids = torch.full((n, in_len), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, in_len), dtype=torch.long)
+        labels = torch.full((n, out_len), IGNORE_INDEX, dtype=torch.long)
+        for i, (x, y) in enumerate(batch):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            attention[i, : len(x)] = 1
+            labels[i, : len(y)] = torch.tensor(y)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def build_datasets(job, tokenizer, placeholders: int, splits=None) -> tuple[ExamplesDataset, ExamplesDataset, list[list[int]]]:
+    """Train and test datasets for a job: loaded, limited, tokenized (cached) and with placeholders."""
+    splits = splits if splits is not None else load_splits(job.dataset, job.dataset_config)
+    targets = label_token_ids(tokenizer, list(job.labels))
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    train = encode_split(splits["train"], tokenizer, job.max_length, job.train_limit)
+    test = encode_split(splits["test"], tokenizer, job.max_length, job.eval_limit)
+    if len(train) == 0 or len(test) == 0:
+        raise PtuningError(f"{job.dataset}: the train and test splits must not be empty")
+    return (
+        ExamplesDataset(train, targets, placeholders, job.max_length, pad, eos),
+        ExamplesDataset(test, targets, placeholders, job.max_length, pad, eos),
+        targets,
+    )

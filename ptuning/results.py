@@ -1,0 +1,105 @@
+"""Result files: one JSON per run at `<output-dir>/<job>/seed<seed>/result.json`, written atomically.
+
+Trained parameters (prompts.pt, adapter.pt, lora.pt, or a library's directory) are written next
+to the result. Readers never see a half-written file: everything goes to a temporary name in the
+same directory and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ptuning.errors import PtuningError
+
+RESULT_FILE = "result.json"
+PACKAGES = ("ptuning", "torch", "transformers", "tokenizers", "datasets", "adapters", "peft", "opendelta", "huggingface_hub")
+
+
+def run_dir(output_dir: Path, job_name: str, seed: int) -> Path:
+    return Path(output_dir) / job_name / f"seed{seed}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    atomic_write_bytes(path, (json.dumps(result, indent=2, sort_keys=False) + "\n").encode())
+    return path
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PtuningError(f"{path}: unreadable result file ({exc})") from None
+
+
+def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """job name → its result dicts (one per seed), skipping unreadable files."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(Path(results_dir).glob(f"*/seed*/{RESULT_FILE}")):
+        try:
+            result = read_result(path)
+        except PtuningError:
+            continue
+        results.setdefault(result.get("job", path.parent.parent.name), []).append(result)
+    return results
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def environment(device) -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(device) if getattr(device, "type", str(device)) == "cuda" else None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": gpu,
+        "cuda": torch.version.cuda,
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

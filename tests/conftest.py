@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny offline assets (T5, SentencePiece tokenizer, IMDb-shaped data), no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ptuning-cache")
+    os.environ["PTUNING_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
+    """(model_dir, dataset_dir) written once per session through the public builders."""
+    from ptuning.tiny import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_assets) -> Path:
+    return tiny_assets[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tiny_assets) -> Path:
+    return tiny_assets[1]
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    """A fresh (model, tokenizer) loaded through ptuning.model.load_model."""
+    from ptuning.model import load_model
+
+    return load_model(str(tiny_model_dir))

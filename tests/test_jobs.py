@@ -1,0 +1,119 @@
+"""Job files: the ten rows, shared defaults, validation of every bad case, CLI overrides."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ptuning.errors import PtuningError
+from ptuning.jobs import load_all_jobs, load_defaults, load_job, load_job_file
+
+from .conftest import JOBS
+
+TEN = [
+    "full_ft", "soft_prompt_10", "soft_prompt_10_opendelta", "soft_prompt_1_opendelta", "adapter_8",
+    "adapter_8_adapterhub", "adapter_1_adapterhub", "lora_8", "lora_8_peft", "lora_1_peft",
+]
+EXERCISE_LR = {"full": 1e-5, "soft_prompt": 0.1, ("adapter", "hand"): 1e-3, ("adapter", "adapterhub"): 1e-4, "lora": 1e-4}
+
+
+def test_the_ten_rows_in_table_order_with_the_exercise_settings():
+    jobs = load_all_jobs(JOBS)
+    assert [j.name for j in jobs] == TEN
+    assert [j.row for j in jobs] == list(range(1, 11))
+    for job in jobs:
+        lr = EXERCISE_LR.get((job.method, job.implementation), EXERCISE_LR.get(job.method))
+        assert job.lr == lr, job.name
+        assert (job.batch_size, job.epochs, job.max_length, job.generate_max_length) == (32, 10, 256, 5)
+        assert job.weight_decay == 0.01 and job.precision == "fp32"
+        assert job.model == "t5-small" and job.dataset == "stanfordnlp/imdb"
+        assert job.reference_accuracy is not None and job.reference_total_params is not None
+    assert load_job("full_ft", JOBS).reference_total_params == 60_506_624
+    assert load_job("lora_1_peft", JOBS).knobs["rank"] == 1
+
+
+def test_defaults_live_in_one_place():
+    defaults = load_defaults(JOBS)
+    assert defaults["batch_size"] == 32
+    for name in TEN:
+        data = yaml.safe_load((JOBS / f"{name}.yaml").read_text())
+        assert "batch_size" not in data and "epochs" not in data, "shared settings belong in _defaults.yaml"
+
+
+def write(tmp_path, text: str, name: str = "job"):
+    (tmp_path / "_defaults.yaml").write_text((JOBS / "_defaults.yaml").read_text())
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = "title: T\nrow: 1\nmethod: {name: full, implementation: hand}\nlr: 1.0e-5\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("title: [unclosed\n", "malformed YAML at line"),
+        ("- a\n- b\n", "must be a mapping"),
+        (GOOD + "lrr: 1\n", "unknown key 'lrr'"),
+        (GOOD + "bach_size: 4\n", "did you mean 'batch_size'"),
+        (GOOD.replace("lr: 1.0e-5\n", ""), "missing required key 'lr'"),
+        (GOOD.replace("title: T\n", ""), "missing required key 'title'"),
+        (GOOD + "epochs: ten\n", "'epochs' must be an integer"),
+        (GOOD + "epochs: 2.5\n", "'epochs' must be an integer"),
+        (GOOD + "epochs: true\n", "'epochs' must be an integer"),
+        (GOOD + "epochs: 0\n", "'epochs' must be at least 1"),
+        (GOOD + "batch_size: 0\n", "'batch_size' must be at least 1"),
+        (GOOD.replace("lr: 1.0e-5", "lr: -0.1"), "'lr' must be greater than 0"),
+        (GOOD.replace("lr: 1.0e-5", "lr: .nan"), "'lr' must be a finite number"),
+        (GOOD + "precision: fp8\n", "'precision' must be one of fp32, bf16"),
+        (GOOD + "labels: [good]\n", "'labels' must be two words"),
+        (GOOD.replace("{name: full, implementation: hand}", "full"), "'method' must be a mapping"),
+        (GOOD.replace("name: full, ", ""), "missing required key 'method.name'"),
+        (GOOD.replace("name: full", "name: ful"), "did you mean 'full'"),
+        (GOOD.replace("implementation: hand", "implementation: hnd"), "has no implementation 'hnd'"),
+        (GOOD.replace("hand}", "hand, rank: 8}"), "unknown key 'method.rank' for full/hand"),
+        (GOOD + "reference: {acc: 1}\n", "unknown key 'reference.acc'"),
+        (GOOD + "reference: {accuracy: high}\n", "'reference.accuracy' must be a number"),
+    ],
+)
+def test_bad_job_files_are_one_clear_error_naming_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(PtuningError, match=None) as info:
+        load_job_file(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_good_file_loads_with_defaults_filled_in(tmp_path):
+    job = load_job_file(write(tmp_path, GOOD + "lr: 2e-5\n" if False else GOOD))
+    assert job.name == "job" and job.method == "full" and job.lr == 1e-5 and job.batch_size == 32
+
+
+def test_yaml_1e_minus_5_without_dot_is_read_as_a_number(tmp_path):
+    job = load_job_file(write(tmp_path, GOOD.replace("1.0e-5", "1e-5")))
+    assert job.lr == 1e-5
+
+
+def test_unknown_job_name_lists_the_nearest():
+    with pytest.raises(PtuningError, match=r"no job named 'lora8'.*nearest: lora_8"):
+        load_job("lora8", JOBS)
+
+
+def test_job_by_path(tmp_path):
+    path = write(tmp_path, GOOD, name="mine")
+    assert load_job(str(path)).name == "mine"
+    with pytest.raises(PtuningError, match="does not exist"):
+        load_job(str(tmp_path / "nope.yaml"))
+
+
+def test_overrides_are_validated():
+    job = load_job("full_ft", JOBS)
+    quick = job.override(epochs=2, train_limit=100, model=None)
+    assert quick.epochs == 2 and quick.train_limit == 100 and quick.model == "t5-small"
+    assert job.epochs == 10  # the original is unchanged
+    with pytest.raises(PtuningError, match="'epochs' must be at least 1"):
+        job.override(epochs=0)
+    with pytest.raises(PtuningError, match="'train_limit' must be at least 1"):
+        job.override(train_limit=-5)
