@@ -20,6 +20,9 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("soft_prompt", "hand"): "ptuning.methods.soft_prompt:HandSoftPrompt",
     ("adapter", "hand"): "ptuning.methods.adapter:HandAdapter",
     ("lora", "hand"): "ptuning.methods.lora:HandLoRA",
+    ("soft_prompt", "opendelta"): "ptuning.methods.opendelta_backend:OpenDeltaSoftPrompt",
+    ("adapter", "adapterhub"): "ptuning.methods.adapterhub_backend:AdapterHubBottleneck",
+    ("lora", "peft"): "ptuning.methods.peft_backend:PeftLoRA",
 }
 
 #: the package a library backend needs, and how to install it (used in error messages)

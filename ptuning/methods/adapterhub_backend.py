@@ -1,0 +1,82 @@
+"""Bottleneck adapter through AdapterHub's `adapters` library (1.3.0).
+
+The exercise used the old adapter-transformers `PfeifferConfig(reduction_factor=d/b)`; in `adapters`
+that architecture is `SeqBnConfig`: one adapter after the feed-forward sublayer of every block
+(`encoder.block.*.layer.1`, `decoder.block.*.layer.2`), Linear(d, d/rf) → ReLU → Linear(d/rf, d) plus a
+residual, no extra layer norm (T5 passes none), weights N(0, 0.02) and zero biases ("bert" init).
+On T5 it computes y + up(relu(down(y))) with y = x + FFN(LN(x)): the hand-written adapter's function.
+
+`adapters` is imported only when the method is applied (see `ptuning.methods.library`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ptuning import formulas
+from ptuning.errors import PtuningError
+from ptuning.methods.base import Knob, count_parameters
+from ptuning.methods.library import LibraryMethod
+
+ADAPTER_NAME = "imdb"
+
+
+class AdapterHubBottleneck(LibraryMethod):
+    """`adapters.init(model)`, `add_adapter(name, SeqBnConfig(reduction_factor=d/b))`,
+    `train_adapter(name)` (freezes everything else), `set_active_adapters(name)`."""
+
+    name = "adapter"
+    implementation = "adapterhub"
+    library = "adapterhub"
+    knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b (reduction factor d/b)")}
+    artifact = "adapter"  # a directory written by save_adapter
+
+    def knob_summary(self) -> str:
+        return f"bottleneck {self.bottleneck}"
+
+    def reduction_factor(self, config: Any) -> float:
+        return config.d_model / self.bottleneck
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        adapters = self._import()
+        d = model.config.d_model
+        if self.bottleneck > d:
+            raise PtuningError(f"adapter/adapterhub: bottleneck {self.bottleneck} exceeds d_model {d}")
+        was_training = model.training
+        total_before, _ = count_parameters(model)
+        adapters.init(model)
+        config = adapters.SeqBnConfig(reduction_factor=self.reduction_factor(model.config))
+        model.add_adapter(ADAPTER_NAME, config=config)
+        model.train_adapter(ADAPTER_NAME)  # freezes every non-adapter parameter (and calls model.train())
+        model.set_active_adapters(ADAPTER_NAME)
+        model.train(was_training)  # leave the train/eval mode to the caller
+        # adapters sizes the bottleneck as int(d // (d/b)); make sure float rounding gave exactly b
+        added = count_parameters(model)[0] - total_before
+        expected = self.formula(model.config).value
+        if added != expected:
+            raise PtuningError(
+                f"adapter/adapterhub: bottleneck {self.bottleneck} gave {added:,} parameters, expected {expected:,}"
+            )
+        return model
+
+    def formula(self, config: Any) -> formulas.Formula:
+        return formulas.adapter(config, self.bottleneck)
+
+    # -- persistence: AdapterHub's own format (adapter_config.json + pytorch_adapter.bin) ------------
+    def save(self, model: nn.Module, path: Path) -> Path:
+        path = Path(path)
+        model.save_adapter(str(path), ADAPTER_NAME)
+        return path
+
+    def load(self, model: nn.Module, path: Path) -> None:
+        if not (Path(path) / "adapter_config.json").exists():
+            raise PtuningError(f"{path}: not an AdapterHub adapter directory (no adapter_config.json)")
+        was_training = model.training
+        # replaces the freshly added adapter of the same name with the saved one
+        model.load_adapter(str(path), load_as=ADAPTER_NAME, set_active=True)
+        model.train_adapter(ADAPTER_NAME)
+        model.set_active_adapters(ADAPTER_NAME)
+        model.train(was_training)

@@ -1,0 +1,64 @@
+"""Result files round-trip atomically; tables render every state (completed, failed, not run)."""
+
+from __future__ import annotations
+
+import json
+
+from ptuning import report, results
+from ptuning.jobs import load_all_jobs
+
+from .conftest import JOBS
+
+
+def fake_result(job: str, best=88.5, status="completed", seed=0):
+    return {
+        "job": job,
+        "status": status,
+        "config": {"seed": seed},
+        "epochs": [{"epoch": 1, "accuracy": 80.0}, {"epoch": 2, "accuracy": best}],
+        "max_accuracy": best,
+        "max_epoch": 2,
+        "final_accuracy": best,
+        "train_seconds": 125.0,
+        "params": {"total": 60_801_536, "trainable": 294_912, "added": 294_912, "formula": "M·2·r·(d_in + d_out) = 18·2·8·(512 + 512) = 294,912", "formula_value": 294_912, "match": True},
+    }
+
+
+def test_result_round_trip_and_no_temporary_files_left(tmp_path):
+    path = results.run_dir(tmp_path, "lora_8", 0) / results.RESULT_FILE
+    results.write_result(path, fake_result("lora_8"))
+    assert results.read_result(path) == fake_result("lora_8")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+    assert results.load_results(tmp_path) == {"lora_8": [fake_result("lora_8")]}
+
+
+def test_load_results_skips_a_broken_file(tmp_path):
+    broken = results.run_dir(tmp_path, "full_ft", 0) / results.RESULT_FILE
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    assert results.load_results(tmp_path) == {}
+
+
+def test_tables_show_not_run_failed_and_numbers():
+    jobs = load_all_jobs(JOBS)
+    res = {"lora_8": [fake_result("lora_8", best=89.4)], "full_ft": [{"job": "full_ft", "status": "failed", "reason": "loss is nan at step 3"}]}
+    text = report.tables(jobs, res)
+    lines = text.splitlines()
+    lora = next(line for line in lines if "| lora_8 " in line and "88.9" in line)
+    assert "| 89.4 " in lora and "| 2 " in lora and "+0.5" in lora and "2.1 min" in lora
+    full = next(line for line in lines if "| full_ft " in line)
+    assert "failed: loss is nan at step 3" in full
+    not_run = [line for line in lines if "| adapter_8 " in line]
+    assert len(not_run) == 2 and all(report.NOT_RUN in line for line in not_run)
+    params = next(line for line in lines if "| lora_8 " in line and "294,912" in line)
+    assert "60,801,536" in params and "| yes" in params
+    assert text.count("| 1 ") >= 2 and "## Validation accuracy" in text and "## Parameters" in text
+
+
+def test_environment_records_versions():
+    import torch
+
+    env = results.environment(torch.device("cpu"))
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert env["gpu"] is None and env["date"]
+    json.dumps(env)
