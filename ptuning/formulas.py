@@ -17,7 +17,8 @@ class Formula:
     value: int
 
     def __str__(self) -> str:
-        return f"{self.symbolic} = {self.text} = {self.value:,}"
+        parts = dict.fromkeys([self.symbolic, self.text, f"{self.value:,}"])  # "0", not "0 = 0 = 0"
+        return " = ".join(parts)
 
 
 def _blocks(config) -> tuple[int, int]:
