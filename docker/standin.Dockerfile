@@ -1,7 +1,6 @@
 # Stand-in for the CUDA base image, used ONLY by `make docker-test` on machines that have no GPU and
 # cannot pull images (see docker/standin-base.sh). It mimics what the Dockerfile relies on in
 # pytorch/pytorch: `python` and `pip` on PATH, root, torch already installed (here a CPU build).
-# hadolint global ignore=DL3006
 ARG ROOTFS=ptuning-standin-rootfs
 FROM ${ROOTFS}
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

