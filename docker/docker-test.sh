@@ -7,9 +7,9 @@
 #  2. stand-in base image (docker/standin-base.sh): Debian bookworm + python venv + CPU torch, built
 #     once and cached; the real Dockerfile's BASE_IMAGE is swapped for it.
 #  3. `make docker-build` of docker/Dockerfile on the stand-in (network host, for PyPI).
-#  4. `make docker-ptuning` for --help, params, smoke, as an arbitrary non-image uid with temporary
-#     results/HF-cache folders, and a check that files written in the container appear on the host,
-#     owned by that uid.
+#  4. `make docker-ptuning` for --help, params, smoke (no network in the container), as an arbitrary
+#     non-image uid with temporary results/HF-cache folders, and a check that the smoke result files
+#     written in the container appear on the host, owned by that uid.
 # Idempotent: a second run reuses the stand-in and the cached layers.
 #
 # Environment: TEST_IMAGE (ptuning:docker-test), STANDIN_IMAGE (ptuning-standin-base),
@@ -108,19 +108,23 @@ chown -R "$TEST_UID:$TEST_UID" "$TMP/results" "$TMP/hf" 2>/dev/null || chmod 777
 in_container() {  # make docker-ptuning CMD="$*", no GPU, temporary mounts, uid TEST_UID
   make --no-print-directory docker-ptuning IMAGE="$TEST_IMAGE" GPUS= DOCKER_TTY= \
     USER_ID="$TEST_UID" GROUP_ID="$TEST_UID" RESULTS="$TMP/results" HF_CACHE="$TMP/hf" \
-    DOCKER_RUN_ARGS="--network none ${EXTRA_RUN_ARGS:-}" CMD="$*"
+    DOCKER_RUN_ARGS="--network none" CMD="$*"
 }
-for cmd in "--help" "params" "smoke"; do
+for cmd in "--help" "params" "smoke --output-dir /app/results/smoke"; do
   step "in the container: ptuning $cmd"
   in_container "$cmd" > "$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "ptuning $cmd failed in the container"; }
   sed 's/^/    /' "$TMP/out.txt" | tail -25
 done
 
 step "results written in the container appear on the host, owned by uid $TEST_UID"
-EXTRA_RUN_ARGS="--entrypoint sh" in_container "-c 'id -u > /app/results/docker-test-probe.txt'" \
-  || die "could not write to /app/results in the container"
-[ -f "$TMP/results/docker-test-probe.txt" ] || die "file written to /app/results is not in $TMP/results on the host"
-owner="$(stat -c %u "$TMP/results/docker-test-probe.txt")"
-[ "$owner" = "$TEST_UID" ] || die "result file owned by uid $owner on the host, expected $TEST_UID"
-ls -ln "$TMP/results" | sed 's/^/    /'
+shopt -s nullglob
+found=("$TMP"/results/smoke/*/seed*/result.json)
+shopt -u nullglob
+[ "${#found[@]}" -gt 0 ] || die "no smoke result.json under $TMP/results/smoke on the host (mount of /app/results broken?)"
+for f in "${found[@]}"; do
+  owner="$(stat -c %u "$f")"
+  [ "$owner" = "$TEST_UID" ] || die "$f is owned by uid $owner on the host, expected $TEST_UID"
+done
+log "${#found[@]} result files on the host, all owned by uid $TEST_UID:"
+for f in "${found[@]}"; do printf '    %s\n' "${f#"$TMP"/}"; done
 step "done"
