@@ -162,6 +162,33 @@ def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
         sys.exit(1)
 
 
+@main.command("params")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True, help="Output format.")
+@click.option("--model", help="Hub id or local directory whose config to build (default: t5-small's, nothing downloaded).")
+@click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
+@click.pass_context
+def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[str, ...]) -> None:
+    """Count each job's parameters on a random-weight model and check the added ones against the formula."""
+    from ptuning import params
+    from ptuning.jobs import job_names, load_job
+
+    directory = _jobs_dir(ctx)
+    config = params.load_config(model)
+    jobs, failures = [], []
+    for name in job_refs or job_names(directory):
+        try:
+            jobs.append(load_job(name, directory))
+        except PtuningError as exc:
+            failures.append((name, str(exc)))
+    jobs.sort(key=lambda j: (j.row, j.name))
+    rows = params.parameter_rows(jobs, config, errors=failures)
+    click.echo(params.render_json(rows) if fmt == "json" else params.render_markdown(rows))
+    for name, message in failures:
+        click.echo(f"ptuning: error: [{name}] {message}", err=True)
+    if failures or not all(r["match"] for r in rows):
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--output-dir", type=click.Path(file_okay=False), default="results/smoke", show_default=True, help="Where the smoke results go.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the tiny model and data are built (default: ~/.cache/ptuning).")

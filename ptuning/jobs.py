@@ -252,6 +252,10 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
             if spec.default is None:
                 raise PtuningError(f"{where}: missing required key 'method.{key}' for {mname}/{impl}")
             knobs[key] = spec.default
+    try:  # rules a Knob cannot express (e.g. LoRA's alpha > 0)
+        knobs = cls.validate(knobs)
+    except PtuningError as exc:
+        raise PtuningError(f"{where}: {exc}") from None
 
     reference = data.get("reference") or {}
     if not isinstance(reference, dict):

@@ -17,20 +17,28 @@ COLUMNS = ["job", "title", "total", "trainable", "added", "formula", "formula_va
 
 
 def load_config(model: str | None = None):
-    """The t5-small config (built in, no network), or the config of `model` (hub id or local path)."""
+    """t5-small's config (built in, nothing downloaded), or the config of `model` (hub id or local dir)."""
     if model is None:
         from ptuning.tiny import t5_small_config
 
         return t5_small_config()
     from transformers import AutoConfig
 
+    from ptuning.model import hub_error, hub_reachable, looks_like_path, quiet_hub_logs, resolve
+
+    source = resolve(model, "model", "--model")
+    local = looks_like_path(model)
+    quiet_hub_logs()
+    cache_only = {} if local or hub_reachable() else {"local_files_only": True}
     try:
-        return AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(source, **cache_only)
     except (OSError, ValueError) as exc:
-        raise PtuningError(
-            f"cannot load the config of {model!r} ({type(exc).__name__}); if the Hugging Face hub is "
-            "unreachable, pass --model with a local model directory, or leave --model out to use t5-small's"
-        ) from exc
+        if local:
+            raise PtuningError(f"{model} is not a model directory (no usable config.json); pass --model with one") from None
+        raise hub_error(model, "model", "--model", exc) from None
+    if config.model_type != "t5":
+        raise PtuningError(f"{model} is a {config.model_type!r} model; ptuning needs a T5 model (e.g. t5-small)")
+    return config
 
 
 def _formula_text(formula) -> str:
@@ -39,28 +47,29 @@ def _formula_text(formula) -> str:
     return f"{formula.symbolic} = {formula.text}"
 
 
-def _random_model(config):
-    """A random-weight model built from `config` alone (nothing downloaded)."""
-    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
-
-    if isinstance(config, T5Config):
-        return T5ForConditionalGeneration(config)  # about twice as fast as the Auto route
-    return AutoModelForSeq2SeqLM.from_config(config)
-
-
-def parameter_rows(jobs: Iterable[Any], config=None) -> list[dict]:
+def parameter_rows(jobs: Iterable[Any], config=None, errors: list | None = None) -> list[dict]:
     """One row per job: measured total/trainable/added parameters and the analytic formula.
 
     A job needs `.name`, `.title`, `.method`, `.implementation` and `.knobs`. One random-weight base
-    model is built from `config` (default: t5-small's) and deep-copied for every job.
+    model is built from `config` (default: t5-small's) and deep-copied for every job. If `errors` is
+    a list, a job whose method cannot be built (e.g. its library is missing) is skipped and
+    `(job name, message)` appended to it; otherwise the PtuningError propagates.
     """
+    from transformers import T5ForConditionalGeneration
+
     config = config if config is not None else load_config()
-    base = _random_model(config)
+    base = T5ForConditionalGeneration(config)  # random weights from the config alone
     base_total, _ = count_parameters(base)
     rows = []
     for job in jobs:
-        method = build_method(job.method, job.implementation, job.knobs)
-        model = method.apply(copy.deepcopy(base))
+        try:
+            method = build_method(job.method, job.implementation, job.knobs)
+            model = method.apply(copy.deepcopy(base))
+        except PtuningError as exc:
+            if errors is None:
+                raise
+            errors.append((job.name, str(exc)))
+            continue
         total, trainable = count_parameters(model)
         formula = method.formula(config)
         added = total - base_total

@@ -321,3 +321,20 @@ def test_applying_twice_is_refused(base, name):
     method, model = applied(base, name)
     with pytest.raises(ValueError, match="already applied"):
         method.apply(model)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_bf16_autocast_train_step_and_generate(base, name):
+    """The runner's `precision: bf16` path (checked here with CPU autocast; no GPU in the tests)."""
+    method, model = applied(base, name)
+    model.train()
+    inputs = batch(method.placeholder_tokens())
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = model(**inputs).loss
+    loss.backward()
+    grads = [p.grad for _, p in method.trainable_parameters(model)]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_length=5)
+    assert out.shape[0] == 3

@@ -86,6 +86,14 @@ def test_bad_job_files_are_one_clear_error_naming_file_and_key(tmp_path, text, m
     assert "\n" not in str(info.value)
 
 
+def test_method_rules_beyond_a_minimum_are_checked_on_load(tmp_path):
+    text = "title: T\nmethod: {name: lora, implementation: hand, rank: 8, alpha: 0}\nlr: 1.0e-4\n"
+    with pytest.raises(PtuningError, match="alpha"):
+        load_job_file(write(tmp_path, text))
+    with pytest.raises(PtuningError, match="'method.rank' must be at least 1"):
+        load_job_file(write(tmp_path, text.replace("rank: 8, alpha: 0", "rank: 0")))
+
+
 def test_a_good_file_loads_with_defaults_filled_in(tmp_path):
     job = load_job_file(write(tmp_path, GOOD + "lr: 2e-5\n" if False else GOOD))
     assert job.name == "job" and job.method == "full" and job.lr == 1e-5 and job.batch_size == 32

@@ -108,3 +108,56 @@ def test_load_config_from_local_dir_and_clear_error(tmp_path):
     assert load_config(None).d_model == 512
     with pytest.raises(PtuningError, match="--model"):
         load_config(str(tmp_path / "does-not-exist"))
+
+
+def test_load_config_refuses_non_t5(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(PtuningError, match="T5"):
+        load_config(str(tmp_path / "gpt2"))
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """A jobs dir holding the repo's defaults and hand-written job files, and a tiny config dir."""
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("cli")
+    repo_jobs = Path(__file__).resolve().parents[1] / "jobs"
+    jobs = root / "jobs"
+    jobs.mkdir()
+    for name in ("_defaults", "full_ft", "soft_prompt_10", "adapter_8", "lora_8"):
+        shutil.copy(repo_jobs / f"{name}.yaml", jobs)
+    tiny_t5_config(128).save_pretrained(root / "tiny")
+    return jobs, root / "tiny"
+
+
+def test_cli_params_markdown_and_json(cli_setup):
+    from click.testing import CliRunner
+
+    from ptuning.cli import main
+
+    jobs, tiny = cli_setup
+    result = CliRunner().invoke(main, ["--jobs-dir", str(jobs), "params", "--model", str(tiny)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith("| job")
+    assert "n·d = 10·32" in result.output and "NO" not in result.output
+    result = CliRunner().invoke(main, ["--jobs-dir", str(jobs), "params", "--model", str(tiny), "--format", "json", "lora_8"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["job"] == "lora_8" and row["added"] == row["formula_value"] == 6 * 2 * 8 * 64 and row["match"]
+
+
+def test_cli_params_unknown_job_is_one_line_and_exit_1(cli_setup):
+    from click.testing import CliRunner
+
+    from ptuning.cli import main
+
+    jobs, tiny = cli_setup
+    result = CliRunner().invoke(main, ["--jobs-dir", str(jobs), "params", "--model", str(tiny), "lora_8", "lora_88"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("ptuning: error")]
+    assert len(errors) == 1 and "lora_88" in errors[0]
+    assert "| lora_8 " in result.output  # the good job is still reported
