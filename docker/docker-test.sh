@@ -29,6 +29,8 @@ step() { log "---- $* (previous step $((SECONDS - STEP_T0)) s)"; STEP_T0=$SECOND
 
 STARTED_PID=""
 TMP=""
+PASSED=0
+pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 cleanup() {
   local rc=$?
   [ -n "$TMP" ] && rm -rf "$TMP"
@@ -39,6 +41,7 @@ cleanup() {
     kill -0 "$STARTED_PID" 2>/dev/null && { log "dockerd $STARTED_PID did not stop in 30 s; killing it"; kill -9 "$STARTED_PID" 2>/dev/null || true; }
   fi
   if [ "$rc" = 0 ]; then log "docker-test PASSED in $((SECONDS - T0)) s"; else log "docker-test FAILED (exit $rc) after $((SECONDS - T0)) s"; fi
+  echo "docker-test: $PASSED passed, $([ "$rc" = 0 ] && echo 0 || echo 1) failed"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -99,7 +102,7 @@ make --no-print-directory docker-build IMAGE="$TEST_IMAGE" BASE_IMAGE="$STANDIN_
   || { tail -40 "${TMPDIR:-/tmp}/ptuning-docker-build.log" >&2; die "docker build failed (tail above; full log ${TMPDIR:-/tmp}/ptuning-docker-build.log)"; }
 grep -E '^Step [0-9]+/|Using cache|all declared dependencies|base image:' "${TMPDIR:-/tmp}/ptuning-docker-build.log" \
   | sed 's/^/    /' | tail -40 || true
-log "image $TEST_IMAGE: $(docker image inspect -f '{{.Size}}' "$TEST_IMAGE" | awk '{printf "%.1f GB", $1/1e9}')"
+pass "image $TEST_IMAGE built: $(docker image inspect -f '{{.Size}}' "$TEST_IMAGE" | awk '{printf "%.1f GB", $1/1e9}')"
 
 # ---- 4. the CLI in the container, through the same make target users call ------------------------------
 TMP="$(mktemp -d /tmp/ptuning-docker-test.XXXXXX)"
@@ -114,6 +117,7 @@ for cmd in "--help" "params" "smoke --output-dir /app/results/smoke"; do
   step "in the container: ptuning $cmd"
   in_container "$cmd" > "$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "ptuning $cmd failed in the container"; }
   sed 's/^/    /' "$TMP/out.txt" | tail -25
+  pass "ptuning $cmd"
 done
 
 step "results written in the container appear on the host, owned by uid $TEST_UID"
@@ -125,6 +129,6 @@ for f in "${found[@]}"; do
   owner="$(stat -c %u "$f")"
   [ "$owner" = "$TEST_UID" ] || die "$f is owned by uid $owner on the host, expected $TEST_UID"
 done
-log "${#found[@]} result files on the host, all owned by uid $TEST_UID:"
 for f in "${found[@]}"; do printf '    %s\n' "${f#"$TMP"/}"; done
+pass "${#found[@]} result files on the host, all owned by uid $TEST_UID"
 step "done"
