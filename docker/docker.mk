@@ -41,7 +41,7 @@ DOCKER_RUN = docker run --rm --init $(DOCKER_TTY) $(if $(strip $(GPUS)),--gpus $
 
 .PHONY: docker-build docker-run docker-ptuning docker-shell docker-test docker-dirs
 
-docker-build:
+docker-build:  ## build the CUDA image $(IMAGE) from docker/Dockerfile
 	docker build -f $(DOCKERFILE) -t $(IMAGE) $(if $(strip $(BASE_IMAGE)),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 		$(DOCKER_BUILD_ARGS) .
 
@@ -49,14 +49,14 @@ docker-build:
 docker-dirs:
 	@mkdir -p "$(abspath $(HF_CACHE))" "$(abspath $(RESULTS))"
 
-docker-run: docker-dirs
+docker-run: docker-dirs  ## all rows in the container on the GPUs (or one: JOB=name)
 	$(DOCKER_RUN) $(IMAGE) $(if $(strip $(JOB)),run $(JOB),run-all) $(ARGS)
 
-docker-ptuning: docker-dirs
+docker-ptuning: docker-dirs  ## any ptuning subcommand in the container: CMD="tables"
 	$(DOCKER_RUN) $(IMAGE) $(CMD)
 
-docker-shell: docker-dirs
+docker-shell: docker-dirs  ## bash in the container, same mounts
 	$(DOCKER_RUN) -it --entrypoint bash $(IMAGE)
 
-docker-test:
+docker-test:  ## real image build on a CPU stand-in base + smoke in the container (root; no GPU)
 	TEST_IMAGE=$(TEST_IMAGE) STANDIN_IMAGE=$(STANDIN_IMAGE) bash docker/docker-test.sh

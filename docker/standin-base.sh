@@ -26,7 +26,7 @@ die() { printf '[standin-base] ERROR: %s\n' "$*" >&2; exit 1; }
 cleanup_rootfs() {
   local dir="$1" m
   [ -d "$dir" ] || return 0
-  for m in $(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+  awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
   rm -rf --one-file-system "$dir"
