@@ -49,9 +49,15 @@ def run_options(f):
         click.option("--epochs", type=int, help="Number of epochs (default: 10)."),
         click.option("--train-limit", type=int, help="Use N training reviews (a fixed sample) for a quick run."),
         click.option("--eval-limit", type=int, help="Use N test reviews (a fixed sample) for a quick run."),
-        click.option("--seed", type=int, help="Random seed (default: the job's, 0)."),
+        click.option("--seed", type=int, help="One random seed (default: the job's, 0)."),
+        click.option("--seeds", callback=_parse_seeds, help="Several seeds, e.g. 0,1,2: one run each; tables show mean ± std."),
+        click.option("--protocol", type=click.Choice(["faithful", "heldout"]), help="faithful (max test accuracy over epochs) or heldout (select the epoch on a validation split held out from train)."),
+        click.option("--heldout-size", type=int, help="heldout protocol: validation reviews taken from train (default: 2500)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
+        click.option("--speed", type=click.Choice(["auto", "fast", "faithful"]), help="fast path or the exercise's loop (default auto: fast on CUDA, faithful on CPU)."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto (default): bf16 autocast on the fast path on CUDA, else fp32."),
+        click.option("--compile/--no-compile", "compile_", default=None, help="Fast path on CUDA: torch.compile over length buckets (default off)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -63,31 +69,95 @@ def run_options(f):
     return wrapper
 
 
-OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed")
+def _parse_seeds(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2, got {value!r}") from None
+    if not seeds:
+        raise click.BadParameter("expected at least one seed")
+    return seeds
+
+
+OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", "seeds", "protocol", "heldout_size", "speed", "precision")
 
 
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
-    """Run jobs one after another; a job that fails is reported and the next one runs. Returns failures."""
+    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures."""
     from ptuning.runner import resolve_device, run_job
 
+    if kwargs.get("seed") is not None and kwargs.get("seeds") is not None:
+        raise PtuningError("give either --seed N or --seeds N,M,..., not both")
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     overrides = {k: kwargs.get(k) for k in OVERRIDES}
+    if overrides["seed"] is not None:
+        overrides["seeds"] = [overrides["seed"]]  # --seed replaces a job file's seed list
+    overrides["compile"] = kwargs.get("compile_")
     jobs = [job.override(**overrides) for job in jobs]  # validate every override first
     failures = []
     for job in jobs:
-        try:
-            run_job(job, Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
-        except PtuningError as exc:
-            click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
-            failures.append((job.name, str(exc)))
+        for seed in job.seed_list:
+            try:
+                run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo)
+            except PtuningError as exc:
+                label = job.name if len(job.seed_list) == 1 else f"{job.name} seed {seed}"
+                click.echo(f"ptuning: error: [{label}] {exc}", err=True)
+                failures.append((label, str(exc)))
     return failures
 
 
+def _child_options(ctx: click.Context, skip: tuple[str, ...] = ("concurrency",)) -> list[str]:
+    """The options of this command line, re-emitted for a child `ptuning run` (paths made absolute)."""
+    out: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in skip or param.name not in ctx.params:
+            continue
+        value = ctx.params[param.name]
+        if value is None or ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT and param.name != "output_dir":
+            continue
+        if param.is_flag and param.secondary_opts:
+            out.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                out.append(param.opts[0])
+        else:
+            for v in value if param.multiple else [value]:
+                if param.name in ("output_dir", "model", "dataset") and Path(str(v)).exists():
+                    v = Path(str(v)).resolve()
+                out += [param.opts[0], str(v)]
+    return out
+
+
+def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
+    from ptuning.parallel import run_concurrently
+    from ptuning.runner import check_writable, resolve_device
+
+    resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
+    overrides = {k: kwargs.get(k) for k in OVERRIDES}
+    for job in jobs:
+        job.override(**overrides)
+    output_dir = Path(kwargs["output_dir"])
+    check_writable(output_dir)
+    click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
+    return run_concurrently([j.name for j in jobs], _child_options(ctx), output_dir, concurrency,
+                            jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
+
+
 def _print_tables(jobs, results_dir: Path) -> None:
+    from ptuning.plots import plot_paths
     from ptuning.report import tables
     from ptuning.results import load_results
 
-    click.echo(tables(jobs, load_results(results_dir)))
+    click.echo(tables(jobs, load_results(results_dir), plot_paths(results_dir)))
+
+
+def _write_plots(jobs, results_dir: Path) -> list[Path]:
+    from ptuning.plots import write_plots
+    from ptuning.results import load_results
+
+    return write_plots(jobs, load_results(results_dir), results_dir)
 
 
 @main.command("list")
@@ -99,7 +169,7 @@ def list_jobs(ctx: click.Context) -> None:
     from ptuning.jobs import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
-    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, j.lr] for j in jobs]
+    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.lr is None else j.lr] for j in jobs]
     click.echo(tabulate(rows, headers=["row", "job", "title", "method", "implementation", "knob", "lr"], tablefmt="github", disable_numparse=True))
 
 
@@ -120,17 +190,56 @@ def run(ctx: click.Context, job_refs: tuple[str, ...], **kwargs) -> None:
 
 @main.command("run-all")
 @run_options
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run K jobs at once, each in its own process (logs in OUTPUT_DIR/logs/).")
 @click.pass_context
-def run_all(ctx: click.Context, **kwargs) -> None:
+def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
     """Run every job in jobs/, in table order, then print the tables."""
     from ptuning.jobs import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
-    failures = _run_jobs(jobs, kwargs)
+    if concurrency > 1:
+        failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
+    else:
+        failures = _run_jobs(jobs, kwargs)
+    _write_plots(jobs, Path(kwargs["output_dir"]))
     _print_tables(jobs, Path(kwargs["output_dir"]))
     if failures:
         click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--size", type=click.Choice(["small", "t5-small"]), default=None, help="Model shape (default: t5-small on CUDA, small on CPU).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed training steps per path (default: 50 on CUDA, 3 on CPU).")
+@click.option("--rows", default="full_ft", show_default=True, help="Comma-separated jobs to bench (e.g. full_ft,lora_8).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch size.")
+@click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True, help="Input length limit of the synthetic reviews.")
+@click.option("--eval-reviews", type=click.IntRange(min=1), default=None, help="Reviews decoded per path (default: 2048 on CUDA, 64 on CPU).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Fast path precision.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="Fast path: torch.compile over length buckets (CUDA only).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write the markdown to this file.")
+@click.pass_context
+def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: str, batch_size: int, max_length: int,
+          eval_reviews: int | None,
+          precision: str, compile_: bool, output: str | None) -> None:
+    """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
+    from ptuning.bench import run_bench
+    from ptuning.runner import resolve_device
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    if compile_ and not cuda:
+        raise PtuningError("--compile needs a CUDA device")
+    text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
+                     [r.strip() for r in rows.split(",") if r.strip()], batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
+                     compile=compile_, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True))
+    click.echo(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+        click.echo(f"bench: written to {output}", err=True)
 
 
 @main.command("tables")
@@ -160,6 +269,22 @@ def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
         click.echo(line)
     if not ok:
         sys.exit(1)
+
+
+@main.command("plots")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
+@click.pass_context
+def plots_cmd(ctx: click.Context, results_dir: str) -> None:
+    """Write accuracy-per-epoch, Pareto and training-time PNGs into RESULTS/plots/."""
+    from ptuning.jobs import load_all_jobs
+
+    if not Path(results_dir).is_dir():
+        raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
+    written = _write_plots(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
+    if not written:
+        raise PtuningError(f"no completed results in {results_dir}: nothing to plot")
+    for path in written:
+        click.echo(str(path))
 
 
 @main.command("params")

@@ -48,8 +48,15 @@ SETTINGS: dict[str, Setting] = {
     "seed": Setting(int, minimum=0),
     "train_limit": Setting(int, minimum=1, optional=True),
     "eval_limit": Setting(int, minimum=1, optional=True),
-    "precision": Setting(str, choices=("fp32", "bf16")),
+    "precision": Setting(str, choices=("auto", "fp32", "bf16")),
+    "speed": Setting(str, choices=("auto", "fast", "faithful")),  # see ptuning/fast.py
+    "fast_eval_batch_size": Setting(int, minimum=1),
+    "compile": Setting(bool),
     "labels": Setting(list),
+    "seeds": Setting(list, optional=True),  # several seeds: one run each; overrides `seed`
+    "protocol": Setting(str, choices=("faithful", "heldout")),
+    "heldout_size": Setting(int, minimum=1),
+    "heldout_seed": Setting(int, minimum=0),
 }
 #: settings each job file must give itself (no shared default)
 PER_JOB = {"lr"}
@@ -79,6 +86,15 @@ class Job:
         if item in settings:
             return settings[item]
         raise AttributeError(item)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds this job runs with: `seeds` when set, else the single `seed`."""
+        return list(self.settings.get("seeds") or [self.settings["seed"]])
+
+    def for_seed(self, seed: int) -> "Job":
+        """A copy for one run: `seed` set, `seeds` cleared (the result records the seed it ran with)."""
+        return dataclasses.replace(self, settings={**self.settings, "seed": _check_setting(self.name, "seed", seed), "seeds": None})
 
     @property
     def knob_summary(self) -> str:
@@ -147,6 +163,12 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
         raise PtuningError(f"{where}: {key!r} must be one of {', '.join(spec.choices)}, got {value!r}")
     if key == "labels" and (len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value)):
         raise PtuningError(f"{where}: 'labels' must be two words (label 0, label 1), got {value!r}")
+    if key == "seeds":
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise PtuningError(f"{where}: 'seeds' must be a non-empty list of integers >= 0, got {value!r}")
+        if len(set(value)) != len(value):
+            raise PtuningError(f"{where}: 'seeds' has a repeated seed: {value!r}")
+        value = list(value)
     return value
 
 
@@ -205,7 +227,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     for key in data:
         if key not in TOP_LEVEL:
             raise PtuningError(f"{where}: unknown key {key!r}{_suggest(key, TOP_LEVEL)}")
-    for key in ("title", "method", "lr"):
+    for key in ("title", "method"):
         if key not in data:
             raise PtuningError(f"{where}: missing required key {key!r}")
     descriptive = {}
@@ -235,6 +257,10 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
             f"{where}: method {mname!r} has no implementation {impl!r}{_suggest(impl, impls)}; known: {', '.join(impls)}"
         )
     cls = method_class(mname, impl)
+    if "lr" not in data:
+        if getattr(cls, "trains", True):
+            raise PtuningError(f"{where}: missing required key 'lr'")
+        settings["lr"] = None  # nothing trains (zero-shot): no learning rate
     knobs = {}
     for key, value in block.items():
         if key in ("name", "implementation"):

@@ -1,5 +1,8 @@
 """Result files: one JSON per run at `<output-dir>/<job>/seed<seed>/result.json`, written atomically.
 
+Runs under the heldout protocol live in `<output-dir>/<job>/heldout-seed<seed>/`, so the two
+protocols never overwrite each other.
+
 Trained parameters (prompts.pt, adapter.pt, lora.pt, or a library's directory) are written next
 to the result. Readers never see a half-written file: everything goes to a temporary name in the
 same directory and is renamed into place.
@@ -23,8 +26,19 @@ RESULT_FILE = "result.json"
 PACKAGES = ("ptuning", "torch", "transformers", "tokenizers", "datasets", "adapters", "peft", "opendelta", "huggingface_hub")
 
 
-def run_dir(output_dir: Path, job_name: str, seed: int) -> Path:
-    return Path(output_dir) / job_name / f"seed{seed}"
+def run_dir(output_dir: Path, job_name: str, seed: int, protocol: str = "faithful") -> Path:
+    prefix = "" if protocol == "faithful" else f"{protocol}-"
+    return Path(output_dir) / job_name / f"{prefix}seed{seed}"
+
+
+def disk_bytes(path: Path | None) -> int | None:
+    """Size on disk of a saved artifact: a file's size or a directory's total; None if there is none."""
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -58,9 +72,10 @@ def read_result(path: Path) -> dict[str, Any]:
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """job name → its result dicts (one per seed), skipping unreadable files."""
+    """job name → its result dicts (one per seed and protocol), skipping unreadable files."""
     results: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(Path(results_dir).glob(f"*/seed*/{RESULT_FILE}")):
+    paths = [*Path(results_dir).glob(f"*/seed*/{RESULT_FILE}"), *Path(results_dir).glob(f"*/*-seed*/{RESULT_FILE}")]
+    for path in sorted(paths):
         try:
             result = read_result(path)
         except PtuningError:

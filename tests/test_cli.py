@@ -29,6 +29,9 @@ def test_list_shows_the_ten_rows():
     assert result.exit_code == 0
     for name in ("full_ft", "soft_prompt_10_opendelta", "lora_1_peft"):
         assert name in result.output
+    zero = next(line for line in result.output.splitlines() if "| zero_shot " in line)
+    assert zero.startswith("| 0 ") and "Zero-shot (no training)" in zero and zero.rstrip("| ").endswith("–")
+    assert result.output.splitlines()[2].startswith("| 0 ")  # first in table order
 
 
 def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model_dir, tiny_data_dir):
@@ -49,6 +52,21 @@ def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model
     row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "90.0" in line)
     assert f"{data['max_accuracy']:.1f}" in row
     assert tables.output.count("not run") >= 9 * 2
+
+
+def test_run_with_two_seeds_gives_two_results_and_mean_std_in_the_table(tmp_path, tiny_model_dir, tiny_data_dir):
+    out = tmp_path / "results"
+    result = invoke("run", "full_ft", "--seeds", "0,1", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_dir),
+                    "--epochs", "1", "--train-limit", "8", "--eval-limit", "4", "--device", "cpu", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in out.glob("full_ft/*/result.json")) == ["seed0", "seed1"]
+    seeds = [json.loads((out / "full_ft" / d / "result.json").read_text())["config"]["seed"] for d in ("seed0", "seed1")]
+    assert seeds == [0, 1]
+    tables = invoke("tables", "--results", str(out))
+    row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "| faithful " in line)
+    assert "± " in row and "(n=2)" in row and "n=2" in row
+    both = invoke("run", "full_ft", "--seed", "1", "--seeds", "0,1", "--output-dir", str(out))
+    assert both.exit_code == 1 and "not both" in both.stderr
 
 
 def test_same_seed_same_result(tmp_path, tiny_model_dir, tiny_data_dir):

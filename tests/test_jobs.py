@@ -1,4 +1,4 @@
-"""Job files: the ten rows, shared defaults, validation of every bad case, CLI overrides."""
+"""Job files: the ten rows plus zero-shot, shared defaults, validation of every bad case, CLI overrides."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ EXERCISE_LR = {"full": 1e-5, "soft_prompt": 0.1, ("adapter", "hand"): 1e-3, ("ad
 
 def test_the_ten_rows_in_table_order_with_the_exercise_settings():
     jobs = load_all_jobs(JOBS)
-    assert [j.name for j in jobs] == TEN
-    assert [j.row for j in jobs] == list(range(1, 11))
+    assert [j.name for j in jobs] == ["zero_shot", *TEN]  # the untrained baseline comes first (row 0)
+    assert [j.row for j in jobs] == list(range(0, 11))
+    zero = jobs.pop(0)
+    assert (zero.method, zero.title, zero.lr, zero.reference_accuracy) == ("zero_shot", "Zero-shot (no training)", None, None)
     for job in jobs:
         lr = EXERCISE_LR.get((job.method, job.implementation), EXERCISE_LR.get(job.method))
         assert job.lr == lr, job.name
         assert (job.batch_size, job.epochs, job.max_length, job.generate_max_length) == (32, 10, 256, 5)
-        assert job.weight_decay == 0.01 and job.precision == "fp32"
+        assert job.weight_decay == 0.01 and job.precision == "auto" and job.speed == "auto"  # fp32 + faithful on CPU, see ptuning/fast.py
         assert job.model == "t5-small" and job.dataset == "stanfordnlp/imdb"
         assert job.reference_accuracy is not None and job.reference_total_params is not None
     assert load_job("full_ft", JOBS).reference_total_params == 60_506_624
@@ -66,7 +68,7 @@ GOOD = "title: T\nrow: 1\nmethod: {name: full, implementation: hand}\nlr: 1.0e-5
         (GOOD + "batch_size: 0\n", "'batch_size' must be at least 1"),
         (GOOD.replace("lr: 1.0e-5", "lr: -0.1"), "'lr' must be greater than 0"),
         (GOOD.replace("lr: 1.0e-5", "lr: .nan"), "'lr' must be a finite number"),
-        (GOOD + "precision: fp8\n", "'precision' must be one of fp32, bf16"),
+        (GOOD + "precision: fp8\n", "'precision' must be one of auto, fp32, bf16"),
         (GOOD + "labels: [good]\n", "'labels' must be two words"),
         (GOOD.replace("{name: full, implementation: hand}", "full"), "'method' must be a mapping"),
         (GOOD.replace("name: full, ", ""), "missing required key 'method.name'"),
@@ -75,6 +77,12 @@ GOOD = "title: T\nrow: 1\nmethod: {name: full, implementation: hand}\nlr: 1.0e-5
         (GOOD.replace("hand}", "hand, rank: 8}"), "unknown key 'method.rank' for full/hand"),
         (GOOD + "reference: {acc: 1}\n", "unknown key 'reference.acc'"),
         (GOOD + "reference: {accuracy: high}\n", "'reference.accuracy' must be a number"),
+        (GOOD + "seeds: []\n", "'seeds' must be a non-empty list of integers"),
+        (GOOD + "seeds: [0, -1]\n", "'seeds' must be a non-empty list of integers"),
+        (GOOD + "seeds: [1, 1]\n", "'seeds' has a repeated seed"),
+        (GOOD + "seeds: 3\n", "'seeds' must be a list"),
+        (GOOD + "protocol: honest\n", "'protocol' must be one of faithful, heldout"),
+        (GOOD + "heldout_size: 0\n", "'heldout_size' must be at least 1"),
     ],
 )
 def test_bad_job_files_are_one_clear_error_naming_file_and_key(tmp_path, text, message):
@@ -125,3 +133,19 @@ def test_overrides_are_validated():
         job.override(epochs=0)
     with pytest.raises(PtuningError, match="'train_limit' must be at least 1"):
         job.override(train_limit=-5)
+
+
+def test_seeds_expand_to_one_job_per_seed(tmp_path):
+    job = load_job_file(write(tmp_path, GOOD + "seeds: [2, 0, 5]\n"))
+    assert job.seed_list == [2, 0, 5]
+    runs = [job.for_seed(s) for s in job.seed_list]
+    assert [(r.seed, r.seeds, r.seed_list) for r in runs] == [(2, None, [2]), (0, None, [0]), (5, None, [5])]
+    assert load_job("full_ft", JOBS).seed_list == [0]
+    assert load_job("full_ft", JOBS).override(seeds=[3, 4]).seed_list == [3, 4]
+    defaults = load_defaults(JOBS)
+    assert (defaults["protocol"], defaults["heldout_size"], defaults["heldout_seed"], defaults["seeds"]) == ("faithful", 2500, 0, None)
+
+
+def test_a_method_that_does_not_train_needs_no_learning_rate(tmp_path):
+    job = load_job_file(write(tmp_path, "title: Z\nrow: 0\nmethod: {name: zero_shot, implementation: hand}\n"))
+    assert job.lr is None and job.config()["lr"] is None

@@ -18,7 +18,7 @@ def fake_result(job: str, best=88.5, status="completed", seed=0):
         "epochs": [{"epoch": 1, "accuracy": 80.0}, {"epoch": 2, "accuracy": best}],
         "max_accuracy": best,
         "max_epoch": 2,
-        "final_accuracy": best,
+        "final_accuracy": best - 1.5,
         "train_seconds": 125.0,
         "params": {"total": 60_801_536, "trainable": 294_912, "added": 294_912, "formula": "M·2·r·(d_in + d_out) = 18·2·8·(512 + 512) = 294,912", "formula_value": 294_912, "match": True},
     }
@@ -45,14 +45,16 @@ def test_tables_show_not_run_failed_and_numbers():
     text = report.tables(jobs, res)
     lines = text.splitlines()
     lora = next(line for line in lines if "| lora_8 " in line and "88.9" in line)
-    assert "| 89.4 " in lora and "| 2 " in lora and "+0.5" in lora and "2.1 min" in lora
+    assert "| 87.9 " in lora  # final-epoch accuracy
+    assert "| 89.4 (n=1) " in lora and "| 2 " in lora and "+0.5" in lora and "2.1 min" in lora and "| faithful " in lora
+    assert "| n too small " not in lora  # full_ft failed: no comparison at all
     full = next(line for line in lines if "| full_ft " in line)
     assert "failed: loss is nan at step 3" in full
     not_run = [line for line in lines if "| adapter_8 " in line]
     assert len(not_run) == 2 and all(report.NOT_RUN in line for line in not_run)
     params = next(line for line in lines if "| lora_8 " in line and "294,912" in line)
     assert "60,801,536" in params and "| yes" in params
-    assert text.count("| 1 ") >= 2 and "## Validation accuracy" in text and "## Parameters" in text
+    assert text.count("| 1 ") >= 2 and "## Accuracy (test split)" in text and "## Parameters" in text
 
 
 def test_environment_records_versions():
@@ -62,3 +64,10 @@ def test_environment_records_versions():
     assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
     assert env["gpu"] is None and env["date"]
     json.dumps(env)
+
+
+def test_every_table_row_has_as_many_cells_as_the_header():
+    jobs = load_all_jobs(JOBS)
+    res = {"lora_8": [fake_result("lora_8")], "full_ft": [{"job": "full_ft", "status": "failed", "reason": "x"}]}
+    assert {len(r) for r in report.accuracy_rows(jobs, res)} == {len(report.ACCURACY_HEADERS)}
+    assert {len(r) for r in report.parameter_rows(jobs, res)} == {len(report.PARAMETER_HEADERS)}

@@ -16,6 +16,7 @@ __all__ = ["Knob", "Method", "count_parameters", "REGISTRY", "method_class", "bu
 
 #: (method, implementation) → "module:Class"
 REGISTRY: dict[tuple[str, str], str] = {
+    ("zero_shot", "hand"): "ptuning.methods.zero_shot:ZeroShot",
     ("full", "hand"): "ptuning.methods.full:FullFineTuning",
     ("soft_prompt", "hand"): "ptuning.methods.soft_prompt:HandSoftPrompt",
     ("adapter", "hand"): "ptuning.methods.adapter:HandAdapter",
@@ -27,7 +28,9 @@ REGISTRY: dict[tuple[str, str], str] = {
 
 #: the package a library backend needs, and how to install it (used in error messages)
 INSTALL_HINTS: dict[str, str] = {
-    "opendelta": "pip install --no-deps opendelta==0.3.2 rich web.py pyyaml numpy   (or: make install)",
+    # two steps: --no-deps for OpenDelta only (its metadata wants the deprecated `sklearn`), its real
+    # imports installed normally (with --no-deps they would miss their own dependencies, e.g. rich's pygments)
+    "opendelta": "pip install rich web.py pyyaml numpy && pip install --no-deps opendelta==0.3.2   (or: make install)",
     "adapterhub": "pip install adapters==1.3.0   (or: make install)",
     "peft": "pip install peft==0.21.2   (or: make install)",
 }

@@ -40,6 +40,8 @@ class Method:
     knobs: ClassVar[dict[str, Knob]] = {}
     #: file name of the saved trainable state written next to the result (e.g. "lora.pt")
     artifact: ClassVar[str] = "trainable.pt"
+    #: False for a method that only evaluates (zero-shot): no optimizer, one evaluation, no artifact
+    trains: ClassVar[bool] = True
 
     def __init__(self, **values: Any) -> None:
         self.values = self.validate(dict(values))

@@ -1,0 +1,332 @@
+"""`ptuning bench`: the exercise's loop and the fast path, timed in one run on the current device.
+
+No download: the model is a random-weight T5 built from a configuration (`--size t5-small` has the hub
+checkpoint's shapes and FLOPs; `--size small` is a tiny one for a CPU check in seconds) and the data are
+synthetic token streams with IMDb-like lengths (about 48% of reviews at the 256-token limit, the rest
+uniform in [40, 256], mean about 200). Both paths get the same weights, the same batches, the same
+optimizer settings; only the machinery differs. Times are for this device, this run: compare paths within
+one run, not across machines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ptuning.data import Collator
+
+EPOCH_STEPS = 782  # 25,000 reviews at batch 32
+EVAL_REVIEWS = 25_000
+TABLE_ROWS, TABLE_EPOCHS = 10, 10
+LABEL_IDS = {"t5-small": [[2841, 1], [1465, 1]]}  # "negative</s>", "positive</s>" in the t5-small vocabulary
+
+
+def small_config():
+    """A small T5 (2+2 blocks, d_model 64) with t5-small's vocabulary size: a CPU bench in seconds."""
+    from transformers import T5Config
+
+    return T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
+                    relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
+                    tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def synthetic_examples(n: int, max_length: int, vocab: int, placeholders: int, seed: int, full_fraction: float = 0.48,
+                       min_length: int = 40) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, target_ids) pairs: `full_fraction` at max_length, the rest uniform in [min_length, max_length]."""
+    rng = random.Random(seed)
+    labels = LABEL_IDS["t5-small"] if vocab > 2841 else [[3, 1], [4, 1]]
+    out = []
+    for _ in range(n):
+        length = max_length if rng.random() < full_fraction else rng.randint(min(min_length, max_length), max_length)
+        text = max(1, length - placeholders - 1)
+        ids = [0] * placeholders + [rng.randrange(3, vocab) for _ in range(text)] + [1]
+        out.append((ids, list(labels[rng.randrange(2)])))
+    return out
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, pairs):
+        self.inputs = [x for x, _ in pairs]
+        self.targets = [y for _, y in pairs]
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]
+
+
+class _Tok:
+    """Just enough of a tokenizer for evaluation: pad id and decoding ids to a space-joined string."""
+
+    pad_token_id = 0
+    special = {0, 1, 2}
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        rows = rows.tolist() if hasattr(rows, "tolist") else rows
+        return [" ".join(str(t) for t in r if not (skip_special_tokens and t in self.special)) for r in rows]
+
+
+@dataclass
+class PathResult:
+    name: str
+    description: str
+    step_seconds: float
+    tokens_per_step: float
+    params: int
+    eval_seconds: float  # for the bench's eval reviews
+    eval_reviews: int
+    peak_memory: int | None
+    predictions: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def steps_per_second(self) -> float:
+        return 1.0 / self.step_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.step_seconds
+
+    @property
+    def tflops(self) -> float:
+        return 6.0 * self.params * self.tokens_per_second / 1e12
+
+    @property
+    def eval_epoch_seconds(self) -> float:
+        return self.eval_seconds * EVAL_REVIEWS / self.eval_reviews
+
+    @property
+    def epoch_train_seconds(self) -> float:
+        return EPOCH_STEPS * self.step_seconds
+
+    @property
+    def table_seconds(self) -> float:
+        return TABLE_ROWS * TABLE_EPOCHS * (self.epoch_train_seconds + self.eval_epoch_seconds)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(job, config, device: torch.device, seed: int):
+    from transformers import T5ForConditionalGeneration
+
+    from ptuning.methods import build_method
+
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    method = build_method(job.method, job.implementation, job.knobs)
+    model = method.apply(model)
+    model.to(device)
+    return model, method
+
+
+def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
+               seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
+               fast_eval_batch_size: int = 512) -> PathResult:
+    """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast')."""
+    from ptuning import fast
+    from ptuning.evaluate import predict
+    from ptuning.methods import count_parameters
+    from ptuning.train import make_optimizer, train_epoch
+
+    model, method = _build(job, config, device, seed)
+    params = count_parameters(model)[0]
+    trainable = [p for _, p in method.trainable_parameters(model)]
+    collate = Collator(0)
+    tok = _Tok()
+    n_steps = len(train_pairs) // batch_size
+    tokens = sum(len(x) for x, _ in train_pairs) / max(n_steps, 1)
+
+    def loader(pairs, collate_fn):
+        return torch.utils.data.DataLoader(ListDataset(pairs), batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                                           pin_memory=device.type == "cuda")
+
+    if path == "faithful":
+        optimizer = make_optimizer(trainable, 1e-4, 0.01)
+        prec = "fp32" if precision == "auto" else precision
+
+        def run(pairs):
+            train_epoch(model, loader(pairs, collate), optimizer, device, prec, "bench")
+
+        description = f"{prec}, eager, dynamic padding, generate (batch {eval_batch_size})"
+    else:
+        job_like = _JobLike(job, precision, compile, fast_eval_batch_size)
+        plan = fast.plan(job_like, device)
+        optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
+        loss_fn = fast.LossFn(model, plan.compile)
+        if plan.compile:
+            label_length = max(len(y) for _, y in train_pairs)
+            train_collate = fast.BucketCollator(0, fast.default_buckets(max(len(x) for x, _ in train_pairs)), label_length)
+        else:
+            train_collate = collate
+
+        def run(pairs):
+            fast.train_epoch(model, loader(pairs, train_collate), optimizer, device, plan, "bench", loss_fn=loss_fn)
+
+        prec = plan.precision
+        parts = [prec, "torch.compile over length buckets" if plan.compile else "eager, dynamic padding"]
+        if plan.fused_adamw:
+            parts.append("fused AdamW")
+        if plan.sync_every > 1:
+            parts.append(f"loss read every {plan.sync_every} steps")
+        parts.append(f"KV-cached greedy, sorted batches of {fast_eval_batch_size}")
+        description = ", ".join(parts)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run(warmup_pairs)
+    _sync(device)
+    t0 = time.perf_counter()
+    run(train_pairs)
+    _sync(device)
+    step_seconds = (time.perf_counter() - t0) / max(n_steps, 1)
+
+    eval_ds = ListDataset(eval_pairs)
+    _sync(device)
+    t0 = time.perf_counter()
+    if path == "faithful":
+        eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+                                                  pin_memory=device.type == "cuda")
+        predictions, _ = predict(model, eval_loader, tok, device, 5, prec, "bench eval")
+    else:
+        predictions, _ = fast.fast_predict(model, eval_ds, tok, device, fast_eval_batch_size, 5, prec, "bench eval")
+    _sync(device)
+    eval_seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    note = ""
+    if path == "fast":  # the decode itself vs generate, at the fast path's own precision (untimed)
+        eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
+        reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
+        note = "yes" if reference == predictions else "NO"
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note)
+
+
+class _JobLike:
+    """A job with the fast path's settings replaced (for `fast.plan`)."""
+
+    def __init__(self, job, precision: str, compile: bool, fast_eval_batch_size: int):
+        self.name = job.name
+        self.eval_batch_size = job.eval_batch_size
+        self.settings = {**job.settings, "speed": "fast", "precision": precision, "compile": compile,
+                         "fast_eval_batch_size": fast_eval_batch_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def _fmt_seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.2f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.3g} s"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.device, size: str, params: int,
+             steps: int, batch_size: int, eval_reviews: int, max_length: int = 256) -> str:
+    import transformers
+
+    lines = [
+        f"# ptuning bench on {device_name(device)}",
+        "",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}",
+        f"- device: {device} — {device_name(device)}" + (" (**CPU measurement**: says nothing about a GPU)" if device.type == "cpu" else ""),
+        f"- model: random-weight T5 from the `{size}` configuration ({params:,} parameters before the method); "
+        f"synthetic IMDb-length inputs (48% at {max_length} tokens, rest uniform {min(40, max_length)}–{max_length}), batch {batch_size}, {steps} timed training steps "
+        f"after warm-up, {eval_reviews} eval reviews",
+        "- TFLOP/s = 6 × parameters (all, frozen included) × input tokens per second / 1e12 (training estimate); "
+        "tokens = non-pad input tokens",
+        f"- projections: epoch = {EPOCH_STEPS} steps; eval epoch = {EVAL_REVIEWS:,} reviews; "
+        f"table = {TABLE_ROWS} rows × {TABLE_EPOCHS} epochs × (train epoch + eval epoch), each row assumed to cost what this row costs",
+        "",
+    ]
+    for row, (a, b) in results.items():
+        same = a.predictions == b.predictions
+        mem = lambda r: f"{r.peak_memory / 2**30:.2f} GiB" if r.peak_memory is not None else "–"  # noqa: E731
+        table = [
+            ("train step", f"{a.step_seconds * 1e3:.1f} ms", f"{b.step_seconds * 1e3:.1f} ms", a.step_seconds / b.step_seconds),
+            ("steps/s", f"{a.steps_per_second:.2f}", f"{b.steps_per_second:.2f}", b.steps_per_second / a.steps_per_second),
+            ("tokens/s", f"{a.tokens_per_second:,.0f}", f"{b.tokens_per_second:,.0f}", b.tokens_per_second / a.tokens_per_second),
+            ("achieved TFLOP/s (6·N·tokens)", f"{a.tflops:.3g}", f"{b.tflops:.3g}", b.tflops / a.tflops),
+            ("peak memory", mem(a), mem(b), None),
+            ("train epoch (782 steps, projected)", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
+             a.epoch_train_seconds / b.epoch_train_seconds),
+            ("eval epoch (25k reviews, projected)", _fmt_seconds(a.eval_epoch_seconds), _fmt_seconds(b.eval_epoch_seconds),
+             a.eval_epoch_seconds / b.eval_epoch_seconds),
+            ("whole table (10 rows × 10 epochs, projected)", _fmt_seconds(a.table_seconds), _fmt_seconds(b.table_seconds),
+             a.table_seconds / b.table_seconds),
+        ]
+        lines += [
+            f"## {row}",
+            "",
+            f"- faithful: {a.description}",
+            f"- fast: {b.description}",
+            f"- fast path's greedy loop vs `generate` at the same precision ({b.description.split(',')[0]}), "
+            f"{b.eval_reviews} bench reviews, identical predictions: {b.note}",
+            f"- fast vs faithful path predictions identical: {'yes' if same else 'NO'}"
+            + ("" if same or a.description.split(",")[0] == b.description.split(",")[0] else " (expected: they differ in precision)"),
+            "",
+            "| metric | faithful | fast | fast vs faithful |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {m} | {x} | {y} | {f'{r:.2f}×' if r else '–'} |" for m, x, y, r in table]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: Sequence[str] = ("full_ft",),
+              batch_size: int = 32, max_length: int = 256, eval_reviews: int | None = None, warmup: int | None = None,
+              precision: str = "auto", compile: bool = False, seed: int = 0, jobs_dir=None,
+              echo: Callable[[str], None] = print) -> str:
+    from ptuning.jobs import load_job
+    from ptuning.methods import count_parameters
+    from ptuning.tiny import t5_small_config
+
+    config = t5_small_config() if size == "t5-small" else small_config()
+    from transformers import T5ForConditionalGeneration
+
+    params = count_parameters(T5ForConditionalGeneration(config))[0]
+    if eval_reviews is None:
+        eval_reviews = 2048 if device.type == "cuda" else 64
+    if warmup is None:
+        warmup = (10 if compile else 3) if device.type == "cuda" else 1
+    results = {}
+    for ref in rows:
+        job = load_job(ref, jobs_dir)
+        n = job_placeholders(job)
+        train = synthetic_examples(steps * batch_size, max_length, config.vocab_size, n, seed + 1)
+        warm = synthetic_examples(warmup * batch_size, max_length, config.vocab_size, n, seed + 2)
+        evals = synthetic_examples(eval_reviews, max_length, config.vocab_size, n, seed + 3)
+        pair = []
+        for path in ("faithful", "fast"):
+            echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews on {device}")
+            pair.append(bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
+                                   job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512)))
+        results[job.name] = tuple(pair)
+    return markdown(results, device, size, params, steps, batch_size, eval_reviews, max_length)
+
+
+def job_placeholders(job) -> int:
+    from ptuning.methods import build_method
+
+    return build_method(job.method, job.implementation, job.knobs).placeholder_tokens()

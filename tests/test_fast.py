@@ -1,0 +1,246 @@
+"""The fast path: greedy decoding identical to generate for every job's method, length buckets that change
+only padding, fast training within bf16 tolerance of the faithful loop, the plan, `run --speed fast`,
+`run-all --concurrency 2` and `ptuning bench`. CPU only, tiny models, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import T5ForConditionalGeneration
+
+from ptuning import data, fast
+from ptuning.cli import main
+from ptuning.evaluate import predict
+from ptuning.jobs import load_all_jobs, load_job
+from ptuning.methods import build_method
+from ptuning.tiny import tiny_t5_config
+from ptuning.train import make_optimizer, train_epoch
+
+from .conftest import JOBS
+
+VOCAB = 128
+CPU = torch.device("cpu")
+JOB_LIST = load_all_jobs(JOBS)
+
+
+def _model(job, seed=0, scale=1.0):
+    """A tiny T5 with the job's method applied and ALL weights randomised (so outputs vary and end at </s>)."""
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(tiny_t5_config(VOCAB))
+    method = build_method(job.method, job.implementation, job.knobs)
+    model = method.apply(model)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval(), method
+
+
+def _batch(n_placeholders, batch=16, length=14, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for i in range(batch):
+        real = int(torch.randint(2, length + 1, (1,), generator=g))
+        ids[i, real - 1] = 1
+        ids[i, real:] = 0
+        mask[i, real:] = 0
+    zeros = torch.zeros(batch, n_placeholders, dtype=torch.long)
+    return torch.cat([zeros, ids], 1), torch.cat([torch.ones_like(zeros), mask], 1)
+
+
+@pytest.mark.parametrize("job", JOB_LIST, ids=lambda j: j.name)
+def test_greedy_decode_token_ids_equal_generate_for_every_job(job):
+    model, method = _model(job)
+    for seed in range(2):
+        ids, mask = _batch(method.placeholder_tokens(), seed=seed)
+        mask_before = mask.clone()
+        expected = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False, num_beams=1)
+        got = fast.greedy_decode(model, ids, mask, max_length=5)
+        assert torch.equal(got, expected), (job.name, seed)
+        assert torch.equal(mask, mask_before)  # the caller's mask is left alone (OpenDelta grows a clone)
+    assert fast.fallback_reason(model) is None
+
+
+def test_greedy_decode_under_bf16_autocast_equals_generate():
+    model, method = _model(load_job("full_ft", JOBS))
+    ids, mask = _batch(0, seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False, num_beams=1)
+        got = fast.greedy_decode(model, ids, mask, max_length=5)
+    assert torch.equal(got, expected)
+
+
+def test_early_stop_when_every_sequence_ended():
+    model, _ = _model(load_job("full_ft", JOBS))
+    with torch.no_grad():  # make </s> the certain next token
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[1] = 1.0
+        model.shared.weight[1] = model.shared.weight[1]  # tied or not, </s> wins every argmax below
+    ids, mask = _batch(0, seed=1)
+    expected = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False, num_beams=1)
+    got = fast.greedy_decode(model, ids, mask, max_length=5)
+    assert torch.equal(got, expected)
+
+
+def _dataset(tok, data_dir, placeholders=0, n=24):
+    splits = data.load_splits(str(data_dir))
+    targets = data.label_token_ids(tok, ["negative", "positive"])
+    enc = data.encode_split(splits["test"], tok, 48, n)
+    return data.ExamplesDataset(enc, targets, placeholders, 48, tok.pad_token_id, tok.eos_token_id)
+
+
+@pytest.mark.parametrize("name", ["full_ft", "soft_prompt_10_opendelta", "adapter_8_adapterhub", "lora_8_peft"])
+def test_fast_predict_sorted_batches_equal_predict_in_dataset_order(tiny_model, tiny_data_dir, name):
+    model, tok = tiny_model
+    job = load_job(name, JOBS)
+    method = build_method(job.method, job.implementation, job.knobs)
+    model = method.apply(model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    ds = _dataset(tok, tiny_data_dir, method.placeholder_tokens())
+    assert len({len(x) for x in ds.inputs}) > 3  # lengths differ, so sorting reorders
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.Collator(tok.pad_token_id))
+    model.train()
+    expected, golds = predict(model, loader, tok, CPU, max_length=5)
+    for batch_size in (5, 64):
+        got, got_golds = fast.fast_predict(model, ds, tok, CPU, batch_size=batch_size, max_length=5)
+        assert got == expected and got_golds == golds
+    assert model.training  # mode restored
+
+
+def test_generation_config_that_is_not_plain_greedy_falls_back_to_generate(tiny_model, tiny_data_dir):
+    model, tok = tiny_model
+    model.generation_config.repetition_penalty = 1.3
+    assert "repetition_penalty" in fast.fallback_reason(model)
+    ds = _dataset(tok, tiny_data_dir, n=12)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.Collator(tok.pad_token_id))
+    assert fast.fast_predict(model, ds, tok, CPU, batch_size=5)[0] == predict(model, loader, tok, CPU)[0]
+
+
+def test_length_sorted_batches_cover_every_index_once():
+    lengths = [5, 9, 2, 9, 7, 1, 3]
+    batches = fast.length_sorted_batches(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)
+
+
+# -- length buckets ------------------------------------------------------------------------------
+
+
+def test_bucket_collator_changes_only_padding_and_not_the_loss():
+    rng = random.Random(0)
+    batch = [([rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 70))] + [1], [5 + i % 2, 1]) for i in range(6)]
+    dynamic = data.Collator(0)(batch)
+    bucketed = fast.BucketCollator(0, fast.default_buckets(256), label_length=4)(batch)
+    assert fast.default_buckets(256) == (64, 128, 192, 256)
+    width = dynamic["input_ids"].shape[1]
+    assert bucketed["input_ids"].shape[1] == next(b for b in (64, 128, 192, 256) if b >= width)
+    assert torch.equal(bucketed["input_ids"][:, :width], dynamic["input_ids"])
+    assert torch.equal(bucketed["attention_mask"][:, :width], dynamic["attention_mask"])
+    assert (bucketed["input_ids"][:, width:] == 0).all() and (bucketed["attention_mask"][:, width:] == 0).all()
+    assert torch.equal(bucketed["labels"][:, :2], dynamic["labels"]) and (bucketed["labels"][:, 2:] == -100).all()
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(tiny_t5_config(VOCAB)).eval()  # eval: dropout would draw per padded shape
+    with torch.no_grad():
+        a, b = model(**dynamic).loss, model(**bucketed).loss
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    longer = [([3] * 300, [5, 1])]  # longer than every bucket: padded to its own length
+    assert fast.BucketCollator(0, (64,))(longer)["input_ids"].shape[1] == 300
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def _losses(precision: str, fast_path: bool):
+    rng = random.Random(0)
+    pairs = [([rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 30))] + [1], [5, 1]) for _ in range(24)]
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(tiny_t5_config(VOCAB))
+    optimizer = make_optimizer(model.parameters(), 1e-3, 0.01)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                         collate_fn=data.Collator(0))
+    losses: list[float] = []
+    if fast_path:
+        plan = fast.Plan(fast=True, precision=precision, compile=False, eval_batch_size=512, pin_memory=False,
+                         fused_adamw=False, sync_every=2)
+        mean = fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v))
+    else:
+        mean = train_epoch(model, loader, optimizer, CPU, precision, on_step=lambda s, v: losses.append(v))
+    assert mean == pytest.approx(sum(losses) / len(losses))
+    return losses
+
+
+def test_fast_training_matches_the_faithful_loop():
+    faithful = _losses("fp32", False)
+    assert _losses("fp32", True) == faithful  # same math, same dropout draws: identical
+    bf16 = _losses("bf16", True)
+    assert len(bf16) == 3
+    assert bf16 == pytest.approx(faithful, rel=2e-2)
+
+
+def test_plan_resolves_auto_per_device():
+    job = load_job("full_ft", JOBS)
+    cpu = fast.plan(job, CPU)
+    assert (cpu.fast, cpu.precision, cpu.compile, cpu.eval_batch_size) == (False, "fp32", False, job.eval_batch_size)
+    messages = []
+    forced = fast.plan(job.override(speed="fast", compile=True), CPU, messages.append)
+    assert forced.fast and forced.precision == "fp32" and not forced.compile and "CUDA only" in messages[0]
+    assert fast.plan(job.override(speed="fast", precision="bf16"), CPU).precision == "bf16"
+    cuda = fast.plan(job, torch.device("cuda"))  # planning only: nothing touches a GPU
+    assert (cuda.fast, cuda.precision, cuda.eval_batch_size, cuda.fused_adamw, cuda.pin_memory) == (True, "bf16", 512, True, True)
+    faithful = fast.plan(job.override(speed="faithful"), torch.device("cuda"))
+    assert (faithful.fast, faithful.precision) == (False, "fp32")
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def _invoke(*args, jobs=JOBS):
+    return CliRunner().invoke(main, ["--jobs-dir", str(jobs), *args], env={"HF_HUB_OFFLINE": "1"}, catch_exceptions=False)
+
+
+def test_run_with_speed_fast_on_cpu(tmp_path, tiny_model_dir, tiny_data_dir):
+    out = tmp_path / "r"
+    result = _invoke("run", "lora_8", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_dir), "--epochs", "1",
+                     "--train-limit", "16", "--eval-limit", "12", "--device", "cpu", "--speed", "fast", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "lora_8" / "seed0" / "result.json").read_text())
+    assert record["speed"]["path"] == "fast" and record["speed"]["precision"] == "fp32"
+    assert "fast path" in result.output
+
+
+def test_run_all_with_concurrency_two(tmp_path, tiny_model_dir, tiny_data_dir):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for name in ("_defaults", "full_ft", "lora_8"):
+        shutil.copy(JOBS / f"{name}.yaml", jobs / f"{name}.yaml")
+    out = tmp_path / "results"
+    result = _invoke("run-all", "--concurrency", "2", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_dir),
+                     "--epochs", "1", "--train-limit", "8", "--eval-limit", "4", "--device", "cpu", "--output-dir", str(out), jobs=jobs)
+    assert result.exit_code == 0, result.output
+    for name in ("full_ft", "lora_8"):
+        assert json.loads((out / name / "seed0" / "result.json").read_text())["status"] == "completed"
+        assert "reported test accuracy" in (out / "logs" / f"{name}.log").read_text()
+        assert f"[{name}] reported test accuracy" in result.output
+    assert "| full_ft" in result.output  # the tables follow
+
+
+def test_bench_prints_both_paths(tmp_path):
+    out = tmp_path / "BENCH.md"
+    result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32",
+                     "--batch-size", "4", "--eval-reviews", "8", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for needle in ("| metric | faithful | fast |", "train step", "tokens/s", "TFLOP/s", "6 × parameters", "peak memory",
+                   "eval epoch (25k reviews, projected)", "whole table", "CPU measurement", "torch ", "transformers "):
+        assert needle in text, needle
+    assert "identical predictions: yes" in text
+    assert out.read_text().strip() == text.strip()
