@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 
 @pytest.fixture(scope="module")
 def jobs():
-    return load_all_jobs(JOBS_DIR)
+    """The jobs that have a reference accuracy (rows without one, e.g. zero-shot, are not checked)."""
+    return [job for job in load_all_jobs(JOBS_DIR) if job.reference_accuracy is not None]
 
 
 def write(results: Path, job, accuracy: float | None = None, status: str = "completed", **config) -> None:
@@ -100,6 +102,15 @@ def test_empty_results_dir_fails_and_missing_dir_is_an_error(tmp_path, jobs):
     assert not ok and all(line.startswith("FAIL") for line in lines[:-1])
     with pytest.raises(PtuningError, match="does not exist"):
         check(tmp_path / "nope", DEFAULT_TOLERANCE, jobs)
+
+
+def test_job_without_reference_is_skipped(tmp_path, jobs):
+    write_all(tmp_path, jobs)
+    unreferenced = dataclasses.replace(jobs[0], name="no_reference_row", reference_accuracy=None)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [*jobs, unreferenced])
+    assert ok, "\n".join(lines)
+    assert any(line.startswith("SKIP") and "no_reference_row" in line for line in lines)
+    assert "1 without a reference" in lines[-1]
 
 
 def test_cli_exit_codes(tmp_path, jobs):
