@@ -50,3 +50,4 @@ clean:  ## remove caches (keeps .venv and results)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 -include docker/docker.mk
+-include lint.mk

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ptuning.check import DEFAULT_TOLERANCE
 from ptuning.errors import PtuningError
 
 
@@ -292,6 +293,23 @@ def tables_cmd(ctx: click.Context, results_dir: str) -> None:
     if not Path(results_dir).is_dir():
         raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
     _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
+
+
+@main.command("check")
+@click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, show_default=True, metavar="PTS",
+              help="Allowed distance of a row's max accuracy from the reference, in points.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
+@click.pass_context
+def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
+    """Fail (exit 1) when a row's max accuracy is farther than the tolerance from the reference, or did not run."""
+    from ptuning.check import check
+    from ptuning.jobs import load_all_jobs
+
+    ok, lines = check(results_dir, tolerance, load_all_jobs(_jobs_dir(ctx)))
+    for line in lines:
+        click.echo(line)
+    if not ok:
+        sys.exit(1)
 
 
 @main.command("plots")

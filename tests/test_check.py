@@ -1,0 +1,127 @@
+"""ptuning check: pass, fail and missing-row cases on hand-made result files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ptuning.check import DEFAULT_TOLERANCE, check
+from ptuning.cli import main
+from ptuning.errors import PtuningError
+from ptuning.jobs import load_all_jobs
+from ptuning.results import RESULT_FILE, run_dir, write_result
+
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    """The jobs that have a reference accuracy (rows without one, e.g. zero-shot, are not checked)."""
+    return [job for job in load_all_jobs(JOBS_DIR) if job.reference_accuracy is not None]
+
+
+def write(results: Path, job, accuracy: float | None = None, status: str = "completed", **config) -> None:
+    """A result file shaped like the runner's, with only the fields check and tables read."""
+    result = {
+        "job": job.name,
+        "title": job.title,
+        "row": job.row,
+        "status": status,
+        "config": {**job.config(), **config},
+        "reference": {"accuracy": job.reference_accuracy, "total_params": job.reference_total_params},
+    }
+    if status == "completed":
+        result["max_accuracy"] = job.reference_accuracy if accuracy is None else accuracy
+    else:
+        result["reason"] = "CUDA out of memory"
+    write_result(run_dir(results, job.name, job.config().get("seed", 0)) / RESULT_FILE, result)
+
+
+def write_all(results: Path, jobs, offset: float = 0.0) -> None:
+    for job in jobs:
+        write(results, job, job.reference_accuracy + offset)
+
+
+def test_all_rows_within_tolerance_pass(tmp_path, jobs):
+    write_all(tmp_path, jobs, offset=-0.4)
+    ok, lines = check(tmp_path, 0.5, jobs)
+    assert ok, "\n".join(lines)
+    assert sum(line.startswith("ok") for line in lines) == len(jobs)
+    assert lines[-1].startswith(f"check: {len(jobs)} within")
+
+
+def test_tolerance_is_inclusive_and_two_sided(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy + 1.0)
+    assert check(tmp_path, 1.0, [job])[0]
+    write(tmp_path, job, job.reference_accuracy + 1.3)  # too good is as suspicious as too bad
+    assert not check(tmp_path, 1.0, [job])[0]
+    write(tmp_path, job, job.reference_accuracy - 1.3)
+    assert not check(tmp_path, 1.0, [job])[0]
+
+
+def test_row_out_of_tolerance_fails(tmp_path, jobs):
+    write_all(tmp_path, jobs)
+    bad = jobs[3]
+    write(tmp_path, bad, bad.reference_accuracy - 2.5)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
+    assert not ok
+    fails = [line for line in lines if line.startswith("FAIL")]
+    assert len(fails) == 1 and bad.name in fails[0] and "-2.50 points" in fails[0]
+
+
+def test_missing_row_fails(tmp_path, jobs):
+    write_all(tmp_path, jobs[1:])
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
+    assert not ok
+    fails = [line for line in lines if line.startswith("FAIL")]
+    assert len(fails) == 1 and jobs[0].name in fails[0] and "did not run" in fails[0]
+
+
+def test_failed_row_fails(tmp_path, jobs):
+    write_all(tmp_path, jobs)
+    write(tmp_path, jobs[2], status="failed")
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
+    assert not ok
+    assert any(line.startswith("FAIL") and jobs[2].name in line and "out of memory" in line for line in lines)
+
+
+def test_partial_run_does_not_count(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy, train_limit=256, epochs=1)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert not ok
+    assert "not a full-protocol run" in lines[0] and "train_limit=256" in lines[0]
+
+
+def test_empty_results_dir_fails_and_missing_dir_is_an_error(tmp_path, jobs):
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
+    assert not ok and all(line.startswith("FAIL") for line in lines[:-1])
+    with pytest.raises(PtuningError, match="does not exist"):
+        check(tmp_path / "nope", DEFAULT_TOLERANCE, jobs)
+
+
+def test_job_without_reference_is_skipped(tmp_path, jobs):
+    write_all(tmp_path, jobs)
+    unreferenced = dataclasses.replace(jobs[0], name="no_reference_row", reference_accuracy=None)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [*jobs, unreferenced])
+    assert ok, "\n".join(lines)
+    assert any(line.startswith("SKIP") and "no_reference_row" in line for line in lines)
+    assert "1 without a reference" in lines[-1]
+
+
+def test_cli_exit_codes(tmp_path, jobs):
+    runner = CliRunner()
+    args = ["--jobs-dir", str(JOBS_DIR), "check", "--results", str(tmp_path)]
+    write_all(tmp_path, jobs, offset=0.3)
+    result = runner.invoke(main, args + ["--tolerance", "0.5"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, args + ["--tolerance", "0.2"])
+    assert result.exit_code == 1 and "FAIL" in result.output
+    result = runner.invoke(main, args)  # the default tolerance
+    assert result.exit_code == (0 if DEFAULT_TOLERANCE >= 0.3 else 1)
+    result = runner.invoke(main, ["--jobs-dir", str(JOBS_DIR), "check", "--results", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "does not exist" in result.output
