@@ -207,7 +207,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
         reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
         note = "yes" if reference == predictions else "NO"
-    del model, optimizer
+    model = optimizer = None  # free the weights before the next path (closures above still name them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note)

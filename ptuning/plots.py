@@ -13,7 +13,6 @@ Every `*_figure` function returns the matplotlib Figure so that tests can inspec
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
