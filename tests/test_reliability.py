@@ -121,6 +121,9 @@ def test_sigterm_checkpoints_mid_epoch_says_how_to_resume_and_the_lock_stops_a_s
     assert second.exit_code == 1
     err = second.stderr.strip().splitlines()
     assert len(err) == 1 and f"is in use by another ptuning run (pid {proc.pid})" in err[0]
+    for extra in ((), ("--concurrency", "2")):  # a second run-all refuses too, serial or concurrent
+        other = cli(jobs_dir, "run-all", "--device", "cpu", "--output-dir", str(out), *extra)
+        assert other.exit_code == 1 and f"is in use by another ptuning run (pid {proc.pid})" in other.stderr
 
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
