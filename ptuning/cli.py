@@ -283,6 +283,11 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
         click.echo(f"bench: written to {output}", err=True)
 
 
+def _require_results(results_dir: str) -> None:
+    if not Path(results_dir).is_dir():
+        raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
+
+
 @main.command("tables")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
 @click.pass_context
@@ -290,8 +295,7 @@ def tables_cmd(ctx: click.Context, results_dir: str) -> None:
     """Print the accuracy and parameter tables (markdown) from a results directory."""
     from ptuning.jobs import load_all_jobs
 
-    if not Path(results_dir).is_dir():
-        raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
+    _require_results(results_dir)
     _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
 
 
@@ -319,8 +323,7 @@ def plots_cmd(ctx: click.Context, results_dir: str) -> None:
     """Write accuracy-per-epoch, Pareto and training-time PNGs into RESULTS/plots/."""
     from ptuning.jobs import load_all_jobs
 
-    if not Path(results_dir).is_dir():
-        raise PtuningError(f"results directory {results_dir} does not exist; run jobs first (ptuning run JOB) or pass --results DIR")
+    _require_results(results_dir)
     written = _write_plots(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
     if not written:
         raise PtuningError(f"no completed results in {results_dir}: nothing to plot")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ptuning.errors import PtuningError
-from ptuning.model import hub_error, looks_like_path, resolve
+from ptuning.hub import hub_error, looks_like_path, resolve
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 IGNORE_INDEX = -100
@@ -62,7 +62,7 @@ def load_splits(ref: str, config: str | None = None):
                     raise PtuningError(f"{ref}: train and test files must have the same format")
                 data = datasets.load_dataset(formats.pop(), data_files=files)
         else:
-            from ptuning.model import hub_reachable, quiet_hub_logs
+            from ptuning.hub import hub_reachable, quiet_hub_logs
 
             quiet_hub_logs()
             if hub_reachable():

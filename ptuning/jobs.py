@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ptuning.errors import PtuningError
+from ptuning.results import PROTOCOLS
 
 DEFAULTS_FILE = "_defaults.yaml"
 
@@ -55,7 +56,7 @@ SETTINGS: dict[str, Setting] = {
     "compile": Setting(bool),
     "labels": Setting(list),
     "seeds": Setting(list, optional=True),  # several seeds: one run each; overrides `seed`
-    "protocol": Setting(str, choices=("faithful", "heldout")),
+    "protocol": Setting(str, choices=PROTOCOLS),
     "heldout_size": Setting(int, minimum=1),
     "heldout_seed": Setting(int, minimum=0),
 }

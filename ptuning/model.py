@@ -2,95 +2,40 @@
 
 from __future__ import annotations
 
-import functools
-import os
-import socket
-from pathlib import Path
-from urllib.parse import urlparse
-
 from ptuning.errors import PtuningError
+from ptuning.hub import hub_error, hub_reachable, looks_like_path, quiet_hub_logs, resolve
 
 
-
-def looks_like_path(ref: str) -> bool:
-    """A reference that is meant as a local path rather than a hub id."""
-    return ref.startswith(("/", "./", "../", "~")) or os.path.exists(ref) or ref.startswith(".")
-
-
-def resolve(ref: str, what: str, option: str) -> str:
-    """Expand a local path and check it exists; hub ids pass through unchanged."""
-    if looks_like_path(ref):
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise PtuningError(f"{what} path {ref} does not exist: pass {option} with an existing directory or a hub id")
-        return str(path)
-    return ref
-
-
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection (False at once when HF_HUB_OFFLINE=1).
-
-    Without this, an unreachable hub costs ~40 s of retries and a screen of warnings before the
-    libraries give up; with it, loading goes straight to the local cache (`local_files_only`).
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def quiet_hub_logs() -> None:
-    """Keep the libraries' retry warnings off the user's screen; our own error says what happened."""
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as tf_logging
-
-    hub_logging.set_verbosity_error()
-    tf_logging.set_verbosity_error()
-
-
-def hub_error(ref: str, what: str, option: str, exc: BaseException) -> PtuningError:
-    """Turn a failed hub download into one line naming the option that takes a local path."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline:
-        reason = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-    elif not hub_reachable():
-        reason = "the Hugging Face hub is unreachable (no network?) and it is not in the local cache"
-    else:
-        reason = "the hub has no such repository or refused it"
-    if option == "--model":
-        hint = "pass --model with a local directory (a model saved with save_pretrained)"
-    else:
-        hint = (
-            "pass --dataset with a local path (a dataset saved with save_to_disk, or a directory of "
-            "train/test .jsonl/.json/.csv/.parquet files with text and label)"
-        )
-    if not offline:
-        hint += ", or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
-    return PtuningError(f"cannot load {what} {ref!r}: {reason} ({type(exc).__name__}); {hint}")
-
-
-def load_model(ref: str):
-    """(model, tokenizer) for a T5 checkpoint; any other architecture is refused."""
-    from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
-
+def _source(ref: str) -> tuple[str, bool, dict]:
+    """(where to load from, whether it is local, extra from_pretrained arguments)."""
     source = resolve(ref, "model", "--model")
     local = source != ref or looks_like_path(ref)
     quiet_hub_logs()
-    cache_only = {} if local or hub_reachable() else {"local_files_only": True}
+    return source, local, ({} if local or hub_reachable() else {"local_files_only": True})
+
+
+def load_config(ref: str):
+    """The config of a T5 checkpoint (hub id or local directory); any other architecture is refused."""
+    from transformers import AutoConfig
+
+    source, local, cache_only = _source(ref)
     try:
         config = AutoConfig.from_pretrained(source, **cache_only)
     except (OSError, ValueError) as exc:
         if local:
-            raise PtuningError(f"{ref} is not a model directory (no usable config.json): {exc}".splitlines()[0]) from None
+            raise PtuningError(f"{ref} is not a model directory (no usable config.json); pass --model with one") from None
         raise hub_error(ref, "model", "--model", exc) from None
     if config.model_type != "t5":
         raise PtuningError(f"{ref} is a {config.model_type!r} model; ptuning needs a T5 model (e.g. t5-small)")
+    return config
+
+
+def load_model(ref: str):
+    """(model, tokenizer) for a T5 checkpoint; any other architecture is refused."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    config = load_config(ref)
+    source, local, cache_only = _source(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, legacy=True, **cache_only)
         model = T5ForConditionalGeneration.from_pretrained(source, **cache_only)

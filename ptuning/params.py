@@ -22,23 +22,9 @@ def load_config(model: str | None = None):
         from ptuning.tiny import t5_small_config
 
         return t5_small_config()
-    from transformers import AutoConfig
+    from ptuning.model import load_config as load_model_config
 
-    from ptuning.model import hub_error, hub_reachable, looks_like_path, quiet_hub_logs, resolve
-
-    source = resolve(model, "model", "--model")
-    local = looks_like_path(model)
-    quiet_hub_logs()
-    cache_only = {} if local or hub_reachable() else {"local_files_only": True}
-    try:
-        config = AutoConfig.from_pretrained(source, **cache_only)
-    except (OSError, ValueError) as exc:
-        if local:
-            raise PtuningError(f"{model} is not a model directory (no usable config.json); pass --model with one") from None
-        raise hub_error(model, "model", "--model", exc) from None
-    if config.model_type != "t5":
-        raise PtuningError(f"{model} is a {config.model_type!r} model; ptuning needs a T5 model (e.g. t5-small)")
-    return config
+    return load_model_config(model)
 
 
 def _formula_text(formula) -> str:
