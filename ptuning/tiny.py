@@ -140,3 +140,78 @@ def build_assets(directory: Path, seed: int = 0, n_train: int = 64, n_test: int 
         model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
         model.save_pretrained(model_dir)
     return model_dir, data_dir
+
+
+def imdb_length_review(rng: random.Random, label: int, tokens: int, word_tokens: dict[str, int]) -> str:
+    """A fake review of exactly `tokens` tokens (without </s>) under a tokenizer whose per-word counts are
+    `word_tokens` (SentencePiece splits at whitespace, so a text's count is the sum of its words' counts)."""
+    pool = POSITIVE if label == 1 else NEGATIVE
+    words: list[str] = []
+    left = tokens
+    while left > 0:
+        choices = [w for w in (pool if rng.random() < 0.25 else NEUTRAL) if word_tokens[w] <= left]
+        choices = choices or [w for w in NEUTRAL + pool if word_tokens[w] <= left]
+        if not choices:
+            break
+        word = rng.choice(choices)
+        words.append(word)
+        left -= word_tokens[word]
+        if len(words) % 60 == 0:
+            words.append("<br /><br />")  # the exercise's preprocessing turns it into spaces: no tokens
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
+
+
+def build_t5_small_shaped(directory: Path, n_train: int = 4096, n_test: int = 4096, seed: int = 0, size: str = "t5-small",
+                          max_length: int = 256, full_fraction: float = 0.48, min_length: int = 40) -> tuple[Path, Path]:
+    """A random-weight model with t5-small's exact shapes (60,506,624 parameters, the same FLOPs) and a synthetic
+    IMDb-length dataset, for timing whole runs without the hub (scripts/gpu-check.sh).
+
+    The tokenizer is the tiny SentencePiece one (its vocabulary is smaller than the model's 32,128 rows, which
+    `load_model` accepts; the unused rows cost the same compute). Reviews are built to token lengths like IMDb's
+    under the exercise's truncation, the same as `ptuning bench`'s synthetic streams: `full_fraction` of them
+    longer than `max_length` (truncated to it, </s> included), the rest uniform in [min_length, max_length - 1]
+    tokens with </s> (mean about 200 at the defaults). `size="small"` builds `ptuning bench --size small`'s
+    model instead (a CPU check in seconds). Writes `<directory>/t5-<size>-random` and `<directory>/imdb-length`
+    (train.jsonl, test.jsonl); returns (model_dir, data_dir). Idempotent for the same arguments.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    directory = Path(directory)
+    model_dir, data_dir = directory / f"t5-{size}-random", directory / "imdb-length"
+    stamp = json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "size": size, "max_length": max_length,
+                        "full_fraction": full_fraction, "min_length": min_length}, sort_keys=True)
+    if (directory / "assets.json").exists() and (directory / "assets.json").read_text() == stamp:
+        return model_dir, data_dir
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    corpus = write_dataset(directory / "tokenizer-corpus", seed=seed)
+    train_tokenizer(model_dir, corpus)
+    shutil.rmtree(corpus)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, legacy=True)  # as ptuning.model.load_model
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # a word's tokens after another word (the first word of a text may differ by one: no leading "▁")
+    word_tokens = {w: count(f"the {w}") - count("the") for w in POSITIVE + NEGATIVE + NEUTRAL}
+    rng = random.Random(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with open(data_dir / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                if rng.random() < full_fraction:
+                    tokens = rng.randint(max_length, 4 * max_length)  # truncated to max_length - 1 + </s>
+                else:
+                    tokens = rng.randint(min_length, max_length - 1) - 1  # + </s>
+                f.write(json.dumps({"text": imdb_length_review(rng, i % 2, tokens, word_tokens), "label": i % 2}) + "\n")
+    from ptuning.bench import small_config
+
+    config = t5_small_config() if size == "t5-small" else small_config()
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(model_dir)
+    (directory / "assets.json").write_text(stamp)
+    return model_dir, data_dir
