@@ -294,10 +294,32 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
     return "\n".join(lines)
 
 
+def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.device, size: str, params: int, steps: int,
+            batch_size: int, eval_reviews: int, max_length: int = 256) -> dict:
+    """The measurements as plain data (`ptuning bench --json`; scripts/gpu-check.sh projects a run from them)."""
+    import transformers
+
+    def path(r: PathResult) -> dict:
+        return {"description": r.description, "step_seconds": r.step_seconds, "tokens_per_step": r.tokens_per_step,
+                "eval_seconds": r.eval_seconds, "eval_reviews": r.eval_reviews, "eval_seconds_per_review": r.eval_seconds / r.eval_reviews,
+                "peak_memory_bytes": r.peak_memory, "tflops": r.tflops, "table_seconds": r.table_seconds,
+                "fast_decode_matches_generate": {"yes": True, "NO": False}.get(r.note)}
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "size": size, "params": params, "steps": steps, "batch_size": batch_size, "eval_reviews": eval_reviews,
+        "max_length": max_length,
+        "rows": {row: {"faithful": path(a), "fast": path(b)} for row, (a, b) in results.items()},
+    }
+
+
 def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: Sequence[str] = ("full_ft",),
               batch_size: int = 32, max_length: int = 256, eval_reviews: int | None = None, warmup: int | None = None,
               precision: str = "auto", compile: bool = False, seed: int = 0, jobs_dir=None,
-              echo: Callable[[str], None] = print) -> str:
+              echo: Callable[[str], None] = print, data: dict | None = None) -> str:
+    """Bench `rows` on both paths; returns the markdown report (and fills `data`, if given, with `summary`)."""
     from ptuning.jobs import load_job
     from ptuning.methods import count_parameters
     from ptuning.tiny import t5_small_config
@@ -323,6 +345,8 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
             pair.append(bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
                                    job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512)))
         results[job.name] = tuple(pair)
+    if data is not None:
+        data.update(summary(results, device, size, params, steps, batch_size, eval_reviews, max_length))
     return markdown(results, device, size, params, steps, batch_size, eval_reviews, max_length)
 
 

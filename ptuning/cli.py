@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -261,10 +262,11 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Fast path precision.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="Fast path: torch.compile over length buckets (CUDA only).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the markdown to this file.")
+@click.option("--json", "json_output", type=click.Path(dir_okay=False), help="Also write the measurements as JSON to this file.")
 @click.pass_context
 def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: str, batch_size: int, max_length: int,
           eval_reviews: int | None,
-          precision: str, compile_: bool, output: str | None) -> None:
+          precision: str, compile_: bool, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
     from ptuning.bench import run_bench
     from ptuning.runner import resolve_device
@@ -273,14 +275,16 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
     cuda = dev.type == "cuda"
     if compile_ and not cuda:
         raise PtuningError("--compile needs a CUDA device")
+    data: dict = {}
     text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
                      [r.strip() for r in rows.split(",") if r.strip()], batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
-                     compile=compile_, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True))
+                     compile=compile_, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
     click.echo(text)
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text + "\n")
-        click.echo(f"bench: written to {output}", err=True)
+    for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content)
+            click.echo(f"bench: written to {path}", err=True)
 
 
 def _require_results(results_dir: str) -> None:

@@ -234,9 +234,9 @@ def test_run_all_with_concurrency_two(tmp_path, tiny_model_dir, tiny_data_dir):
 
 
 def test_bench_prints_both_paths(tmp_path):
-    out = tmp_path / "BENCH.md"
+    out, data = tmp_path / "BENCH.md", tmp_path / "bench.json"
     result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32",
-                     "--batch-size", "4", "--eval-reviews", "8", "--output", str(out))
+                     "--batch-size", "4", "--eval-reviews", "8", "--output", str(out), "--json", str(data))
     assert result.exit_code == 0, result.output
     text = result.stdout
     for needle in ("| metric | faithful | fast |", "train step", "tokens/s", "TFLOP/s", "6 × parameters", "peak memory",
@@ -244,3 +244,8 @@ def test_bench_prints_both_paths(tmp_path):
         assert needle in text, needle
     assert "identical predictions: yes" in text
     assert out.read_text().strip() == text.strip()
+    measured = json.loads(data.read_text())
+    assert (measured["device"], measured["size"], measured["steps"], measured["eval_reviews"]) == ("cpu", "small", 2, 8)
+    fast = measured["rows"]["full_ft"]["fast"]
+    assert fast["step_seconds"] > 0 and fast["eval_seconds_per_review"] == pytest.approx(fast["eval_seconds"] / 8)
+    assert fast["fast_decode_matches_generate"] is True and measured["rows"]["full_ft"]["faithful"]["peak_memory_bytes"] is None
