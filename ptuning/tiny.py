@@ -88,8 +88,10 @@ def write_dataset(directory: Path, n_train: int = 64, n_test: int = 32, seed: in
     return directory
 
 
-def train_tokenizer(directory: Path, corpus_dir: Path, vocab_size: int = 128):
-    """Train a SentencePiece unigram model on the corpus and save it as a T5 fast tokenizer."""
+def train_tokenizer(directory: Path, corpus_dir: Path, vocab_size: int = 128, whole_words: tuple[str, ...] = ()):
+    """Train a SentencePiece unigram model on the corpus and save it as a T5 fast tokenizer.
+
+    `whole_words` are kept as single pieces (as t5-small's vocabulary has the verbalizer's words)."""
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 
@@ -115,6 +117,7 @@ def train_tokenizer(directory: Path, corpus_dir: Path, vocab_size: int = 128):
         character_coverage=1.0,
         minloglevel=2,
         num_threads=1,
+        **({"user_defined_symbols": list(whole_words)} if whole_words else {}),
     )
     corpus.unlink()
     tokenizer = T5TokenizerFast(vocab_file=str(directory / "spiece.model"), extra_ids=0)
@@ -172,7 +175,7 @@ def build_t5_small_shaped(directory: Path, n_train: int = 4096, n_test: int = 40
     under the exercise's truncation, the same as `ptuning bench`'s synthetic streams: `full_fraction` of them
     longer than `max_length` (truncated to it, </s> included), the rest uniform in [min_length, max_length - 1]
     tokens with </s> (mean about 200 at the defaults). `size="small"` builds `ptuning bench --size small`'s
-    model instead (a CPU check in seconds). Writes `<directory>/t5-<size>-random` and `<directory>/imdb-length`
+    model instead (a CPU check in seconds). Writes `<directory>/random-<size>` and `<directory>/imdb-length`
     (train.jsonl, test.jsonl); returns (model_dir, data_dir). Idempotent for the same arguments.
     """
     import shutil
@@ -181,7 +184,7 @@ def build_t5_small_shaped(directory: Path, n_train: int = 4096, n_test: int = 40
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     directory = Path(directory)
-    model_dir, data_dir = directory / f"t5-{size}-random", directory / "imdb-length"
+    model_dir, data_dir = directory / f"random-{size}", directory / "imdb-length"
     stamp = json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed, "size": size, "max_length": max_length,
                         "full_fraction": full_fraction, "min_length": min_length}, sort_keys=True)
     if (directory / "assets.json").exists() and (directory / "assets.json").read_text() == stamp:
@@ -189,7 +192,7 @@ def build_t5_small_shaped(directory: Path, n_train: int = 4096, n_test: int = 40
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
     corpus = write_dataset(directory / "tokenizer-corpus", seed=seed)
-    train_tokenizer(model_dir, corpus)
+    train_tokenizer(model_dir, corpus, whole_words=("negative", "positive"))  # targets: word + </s>, as with t5-small
     shutil.rmtree(corpus)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, legacy=True)  # as ptuning.model.load_model
 

@@ -1,28 +1,219 @@
 #!/usr/bin/env bash
-# GPU check of the fast path (never run yet: written on a CPU-only machine).
-# Prepare on a machine with an index:  ../shared/tools/device-wheels.sh   (puts the pinned wheels in .whl/)
-# Then on the GPU machine, from the repository root:  bash scripts/gpu-check.sh
-# Writes results/BENCHMARKS.md (bench: exercise loop vs fast path, in one run) and results/gpu-check/ (a
-# scaled-down run-all with --concurrency, tiny offline model: it checks the machinery, its accuracies mean nothing).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ] && ! python3 -c "import transformers, sys; sys.exit(transformers.__version__ != '4.57.6')" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
-  export PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# GPU check of the fast path: `ptuning bench`, then a scaled-down `ptuning run-all` over every row whose measured
+# time is compared with the bench's projection, all on a random-weight T5-small-shaped model and synthetic
+# IMDb-length data (no hub). Never run on a GPU yet: written and tested (--device cpu --quick) on a CPU-only machine.
+#
+# On the device machine of this workplace (no network; Python 3.12, torch, transformers 5.x preinstalled):
+#   1. here, once, with PyPI:  scripts/gpu-prep.sh      (the pinned wheels it lacks -> .whl/, about 22 MB, ignored by git)
+#   2. the tool's `run`, carry [".whl"], timeout_s 540, command:
+#        PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh --device cuda
+#      It installs .whl/*.whl into .site/ (pip --no-index --no-deps --target) ahead of the preinstalled packages,
+#      stops at once unless transformers 4.57.6 imports, and ends within --budget seconds (default 420) whatever
+#      happens: each step has a timeout, a failed step is reported and the next one runs.
+#   3. the files come back from $OUT (at most 8): BENCHMARKS.md, gpu-check.log, tables.md, bench.md, bench.json,
+#      summary.json, bench-compile.md, pytest.log. BENCHMARKS.md is for results/BENCHMARKS.md.
+#
+# Elsewhere: bash scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--budget S] [--concurrency K] [--work DIR]
+#            [--epochs E] [--train-limit N] [--eval-limit M]
+#   --quick: tiny sizes (bench's `small` model, 64 train / 32 test reviews, 1 epoch): the same steps in about a
+#   minute on CPU (what tests/test_gpu_check.py runs). PYTHON=... picks the interpreter (default python3).
+#
+# Everything goes to --work (default results/gpu-check/; results/ is ignored by git) and, if $OUT is set, the files
+# above to $OUT too; with --device cuda, BENCHMARKS.md is also copied to results/BENCHMARKS.md.
+#
+# Sizes (GPU): the bench times 50 steps and 2,048 reviews per path on full_ft and lora_8_peft (PERFORMANCE.md: about
+# 70 ms per step and 36 s / 25k reviews for the exercise's loop, 55-75 ms and 16 s for a bf16 eager step and batched
+# greedy decoding on an H200: about 20 s per row). The run-all: 10 rows x 2 epochs x (64 steps of 32 reviews + 2,048
+# reviews decoded) + zero-shot = 1,280 steps (~83 s at 65 ms) + 21 passes over 2,048 reviews (~28 s at 0.64 ms per
+# review) = about 2 minutes of train + eval, plus per-job setup (load, tokenize, checkpoint): 2 to 3 minutes in all.
+# The whole script: about 7 minutes (the budget; the compile bench at the end takes what is left), 8 at worst.
+set -uo pipefail
+CALLER_DIR=$PWD
+cd "$(dirname "$0")/.." || exit 1
+REPO=$PWD
+
+DEVICE=cuda QUICK=0 BUDGET=420 CONCURRENCY=1 WORK=$REPO/results/gpu-check EPOCHS="" TRAIN_LIMIT="" EVAL_LIMIT=""
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --device) DEVICE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --work) WORK=$2; [[ $WORK == /* ]] || WORK=$CALLER_DIR/$WORK; shift 2 ;;
+    --epochs) EPOCHS=$2; shift 2 ;;
+    --train-limit) TRAIN_LIMIT=$2; shift 2 ;;
+    --eval-limit) EVAL_LIMIT=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$QUICK" = 1 ]; then
+  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16
+  EPOCHS=${EPOCHS:-1} TRAIN_LIMIT=${TRAIN_LIMIT:-64} EVAL_LIMIT=${EVAL_LIMIT:-32}
+  MODEL_DESC="bench's small shape (2+2 blocks, d_model 64, 32,128-token vocabulary)"
 else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048
+  EPOCHS=${EPOCHS:-2} TRAIN_LIMIT=${TRAIN_LIMIT:-2048} EVAL_LIMIT=${EVAL_LIMIT:-2048}
+  MODEL_DESC="t5-small's exact shapes (60,506,624 parameters)"
 fi
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PT="python3 -m ptuning.cli"
-nvidia-smi --query-gpu=name,memory.total --format=csv || true
-mkdir -p results
-# 1. exactness first (fast decode == generate, on CPU and on this GPU's torch build), a few seconds
-python3 -m pytest -q -x tests/test_fast.py -k "greedy or fast_predict or bucket or fast_training" -p no:cacheprovider
-# 2. bench: eager fast path on two rows, then with torch.compile
-$PT bench --device cuda --size t5-small --steps 50 --rows full_ft,lora_8_peft --output results/BENCHMARKS.md
-$PT bench --device cuda --size t5-small --steps 50 --rows full_ft --compile --output results/BENCHMARKS-compile.md || echo "compile bench failed"
-# 3. scaled-down run-all, 4 at a time, fast path, on the tiny offline assets (checks concurrency + fast path on CUDA)
-ASSETS=$(python3 -c "from ptuning.smoke import prepare; m, d = prepare(); print(m, d)")
-set -- $ASSETS
-$PT run-all --concurrency 4 --model "$1" --dataset "$2" --epochs 1 --device cuda --output-dir results/gpu-check
-echo "done: results/BENCHMARKS.md, results/BENCHMARKS-compile.md, results/gpu-check/"
+[ "$N_DATA" -ge "$TRAIN_LIMIT" ] && [ "$N_DATA" -ge "$EVAL_LIMIT" ] || N_DATA=$(( TRAIN_LIMIT > EVAL_LIMIT ? TRAIN_LIMIT : EVAL_LIMIT ))
+PY=${PYTHON:-python3}
+START=$(date +%s)
+mkdir -p "$WORK" || exit 1
+WORK=$(cd "$WORK" && pwd)
+rm -rf "$WORK/runall" "$WORK/cache"
+rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary.json,bench-compile.md,pytest.log} \
+  "$WORK"/{assets.txt,pytest-section.md}
+LOG=$WORK/gpu-check.log
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PTUNING_CACHE="$WORK/cache"
+
+publish() {  # what has been measured so far, to $OUT (the device tool brings back at most 8 files)
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  for f in BENCHMARKS.md gpu-check.log tables.md bench.md bench.json summary.json bench-compile.md pytest.log; do
+    [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
+  done
+  return 0
+}
+
+left() { echo $(( START + BUDGET - $(date +%s) )); }
+
+# step NAME WANT RESERVE OUTPUT CMD...: run CMD with a timeout of WANT seconds, cut so that RESERVE seconds of the
+# budget remain; skip it when under 10 s would be left. CMD's stdout and stderr go to OUTPUT ('-': this log). Sets
+# STATUS to one line that says what happened; returns CMD's status (99: skipped).
+step() {
+  local name=$1 want=$2 reserve=$3 output=$4 t rc t0
+  shift 4
+  t=$(( $(left) - reserve ))
+  [ "$t" -lt "$want" ] || t=$want
+  if [ "$t" -lt 10 ]; then
+    STATUS="skipped: the budget (--budget $BUDGET s) was spent"
+    echo "== $name: $STATUS"
+    return 99
+  fi
+  echo "== $name (timeout ${t} s, $(left) s of the budget left): $*"
+  t0=$(date +%s.%N)
+  if [ "$output" = - ]; then timeout -k 15 "$t" "$@"; else timeout -k 15 "$t" "$@" > "$output" 2>&1; fi
+  rc=$?
+  STEP_SECONDS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  case $rc in
+    0) STATUS="completed in $STEP_SECONDS s" ;;
+    124|137) STATUS="**stopped by its timeout** ($t s) after $STEP_SECONDS s" ;;
+    *) STATUS="**failed** (exit status $rc) after $STEP_SECONDS s; see gpu-check.log" ;;
+  esac
+  echo "== $name: $STATUS"
+  return $rc
+}
+
+main() {
+  echo "gpu-check: $(date -Is) device $DEVICE, quick $QUICK, budget $BUDGET s, work $WORK"
+  # -- 1. the pinned stack: wheels from .whl/ (scripts/gpu-prep.sh) shadow the preinstalled packages
+  if [ -d .whl ] && ! "$PY" -c "import sys, transformers; sys.exit(transformers.__version__ != '4.57.6')" 2>/dev/null; then
+    local wheels=(.whl/*.whl)
+    echo "== installing ${#wheels[@]} wheels from .whl/ into .site/"
+    rm -rf .site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target .site "${wheels[@]}" || echo "gpu-check: pip install from .whl failed"
+  fi
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  if [ -d .site ]; then export PYTHONPATH="$REPO/.site:$PYTHONPATH"; fi  # ahead of the preinstalled site-packages
+  local tv
+  tv=$("$PY" -c "import transformers; print(transformers.__version__)" 2>&1 | tail -1)
+  echo "transformers: $tv (from $("$PY" -c "import transformers, os; print(os.path.dirname(transformers.__file__))" 2>&1 | tail -1))"
+  if [ "$tv" != "4.57.6" ]; then
+    echo "gpu-check: transformers $tv, not the pinned 4.57.6: run scripts/gpu-prep.sh here and carry .whl; stopping"
+    return 1
+  fi
+  "$PY" - <<'EOF' || { echo "gpu-check: ptuning does not import; stopping"; return 1; }
+import importlib, importlib.metadata as md, sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+for name in ("tokenizers", "huggingface_hub", "datasets", "peft", "adapters", "opendelta", "accelerate", "safetensors",
+             "sentencepiece", "protobuf", "fsspec", "pyarrow"):
+    try:
+        print(f"  {name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        print(f"  {name} MISSING")
+import ptuning.cli  # noqa: F401
+for module in ("datasets", "peft", "adapters", "ptuning.methods.opendelta_compat", "opendelta"):  # a failure here fails its rows only
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        print(f"  import {module} FAILED: {type(exc).__name__}: {exc}")
+EOF
+  CARD=""
+  if [[ $DEVICE == cuda* ]]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "gpu-check: torch sees no CUDA GPU; stopping"; return 1; }
+  fi
+
+  # -- 2. the assets: random-weight model + synthetic IMDb-length data, built here (no hub)
+  local assets model="" data=""
+  step assets 150 300 "$WORK/assets.txt" "$PY" -m ptuning.gpucheck assets "$WORK/assets" --n-train "$N_DATA" --n-test "$N_DATA" \
+    --size "$SIZE"
+  cat "$WORK/assets.txt"
+  assets=$(tail -1 "$WORK/assets.txt" 2>/dev/null)
+  read -r model data <<< "$assets"
+  if [ -z "$data" ]; then echo "gpu-check: no assets; stopping"; return 1; fi
+  echo "assets: model $model, data $data"
+
+  # -- 3. bench: the exercise's loop vs the fast path, one run (its projection is what the run-all is compared with)
+  step bench 180 240 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews "$BENCH_EVAL" \
+    --rows full_ft,lora_8_peft --output "$WORK/bench.md" --json "$WORK/bench.json"
+  BENCH_STATUS=$STATUS
+  publish
+
+  # -- 4. the scaled-down run-all over every row, timed
+  local t0
+  t0=$(date +%s.%N)
+  step run-all 330 40 - "$PY" -m ptuning.cli run-all --model "$model" --dataset "$data" --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" \
+    --eval-limit "$EVAL_LIMIT" --device "$DEVICE" --concurrency "$CONCURRENCY" --output-dir "$WORK/runall"
+  local rc=$?
+  RUNALL_STATUS=$STATUS
+  WALL=""
+  [ "$rc" = 99 ] || WALL=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  [ -d "$WORK/runall" ] && timeout 45 "$PY" -m ptuning.cli tables --results "$WORK/runall" > "$WORK/tables.md"
+  write_report
+  publish
+
+  # -- 5. if the budget allows: the exactness tests under this stack (CPU), then the fast path with torch.compile
+  if [ "$QUICK" = 0 ]; then
+    step pytest 120 60 "$WORK/pytest.log" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_fast.py \
+      -k "greedy or fast_predict or bucket or fast_training"
+    echo "pytest ($STATUS): $(tail -1 "$WORK/pytest.log" 2>/dev/null)"
+    local fence='```'
+    { echo "pytest step: $STATUS"; [ -f "$WORK/pytest.log" ] && printf '\n%s\n%s\n%s\n' "$fence" "$(tail -3 "$WORK/pytest.log")" "$fence"; } \
+      > "$WORK/pytest-section.md"
+    if [[ $DEVICE == cuda* ]]; then
+      step bench-compile 200 20 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews 512 \
+        --rows full_ft --compile --output "$WORK/bench-compile.md"
+      echo "bench-compile step: $STATUS" >> "$WORK/bench-compile.md"
+    fi
+    if [ -f "$WORK/pytest.log" ] || [ -f "$WORK/bench-compile.md" ]; then write_report; fi
+  fi
+  echo "gpu-check: done in $(( $(date +%s) - START )) s; $WORK/BENCHMARKS.md"
+}
+
+write_report() {
+  local extra=(--extra "fast path's exactness tests (tests/test_fast.py, CPU, this stack)=$WORK/pytest-section.md"
+               --extra "bench with --compile (torch.compile reduce-overhead over length buckets)=$WORK/bench-compile.md")
+  timeout 45 "$PY" -m ptuning.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \
+    --results "$WORK/runall" ${WALL:+--wall "$WALL"} --runall-status "$RUNALL_STATUS" --card "$CARD" --device "$DEVICE" \
+    --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" --eval-limit "$EVAL_LIMIT" --concurrency "$CONCURRENCY" \
+    --model-desc "$MODEL_DESC" "${extra[@]}" --output "$WORK/BENCHMARKS.md" --summary-json "$WORK/summary.json" > /dev/null \
+    || echo "gpu-check: the report failed"
+  if [[ $DEVICE == cuda* ]] && [ -f "$WORK/BENCHMARKS.md" ]; then cp "$WORK/BENCHMARKS.md" "$REPO/results/BENCHMARKS.md"; fi
+  [ -f "$WORK/BENCHMARKS.md" ] && sed -n '/^## 2\./,/^## 3\./p' "$WORK/BENCHMARKS.md"
+}
+
+BENCH_STATUS="not run" RUNALL_STATUS="not run" WALL="" CARD="" STATUS=""
+PUBLISHER=""
+if [ -n "${OUT:-}" ]; then  # the log so far reaches $OUT even if the device tool's time limit stops us mid-step
+  ( while sleep 15; do publish; done ) &
+  PUBLISHER=$!
+fi
+main 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+if [ -n "$PUBLISHER" ]; then kill "$PUBLISHER" 2>/dev/null; fi
+publish
+exit "$rc"

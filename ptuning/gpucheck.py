@@ -1,0 +1,263 @@
+"""The pieces of scripts/gpu-check.sh that are Python: the assets, the projection of a scaled run, the report.
+
+`python -m ptuning.gpucheck assets DIR ...` builds the T5-small-shaped model and IMDb-length data
+(`ptuning.tiny.build_t5_small_shaped`) and prints their paths. `python -m ptuning.gpucheck report ...` reads
+what the script measured (the bench's JSON, the run-all's result JSONs, its wall time) and writes
+BENCHMARKS.md: only measured numbers, and projections computed from them, each labelled so.
+
+The projection of a job: its training steps (epochs × ceil(train reviews / batch size)) times the bench's
+step time, plus its evaluated reviews (one pass per epoch; zero-shot: one pass) times the bench's eval time
+per review, on the path the job ran (result JSON's `speed.path`), using the bench row of the same name if it
+was benched, else the mean of the benched rows (the bench's own "each row costs what this row costs").
+It leaves out what the bench does not time: process start, model load, tokenization, checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+#: the issue's criterion: the scaled run-all finishes within this fraction of the projected time
+TOLERANCE = 0.20
+
+
+def rates(bench: dict, path: str, row: str | None = None) -> tuple[float, float] | None:
+    """(seconds per training step, seconds per evaluated review) on `path`: the row's own if benched, else the mean."""
+    rows = bench.get("rows") or {}
+    chosen = [rows[row]] if row in rows else list(rows.values())
+    measured = [r[path] for r in chosen if path in r]
+    if not measured:
+        return None
+    return (sum(m["step_seconds"] for m in measured) / len(measured),
+            sum(m["eval_seconds_per_review"] for m in measured) / len(measured))
+
+
+def project_job(bench: dict, result: dict, n_train: int, n_eval: int) -> float | None:
+    """Projected train + eval seconds of one job's run (see the module docstring); None without a bench."""
+    path = (result.get("speed") or {}).get("path", "fast")
+    r = rates(bench, path, result.get("job"))
+    if r is None:
+        return None
+    step, per_review = r
+    config = result.get("config") or {}
+    epochs = int(config.get("epochs") or 0)
+    steps = epochs * math.ceil(n_train / int(config.get("batch_size") or 32))
+    return steps * step + max(epochs, 1) * n_eval * per_review
+
+
+def comparison(bench: dict | None, results: list[dict], n_train: int, n_eval: int, wall: float | None,
+               expected_jobs: int) -> dict[str, Any]:
+    """Projected vs measured for the scaled run-all: per job and in total."""
+    jobs = []
+    for res in sorted(results, key=lambda r: (r.get("row", 99), r.get("job", ""))):
+        projected = project_job(bench, res, n_train, n_eval) if bench else None
+        measured = None
+        if res.get("status") == "completed":
+            measured = sum((e.get("train_seconds") or 0) + (e.get("eval_seconds") or 0) for e in res.get("epochs", []))
+        jobs.append({"job": res.get("job"), "status": res.get("status"), "speed": res.get("speed") or {},
+                     "epochs": (res.get("config") or {}).get("epochs"), "train_seconds": res.get("train_seconds"),
+                     "eval_seconds": res.get("eval_seconds"), "wall_seconds": res.get("wall_seconds"),
+                     "measured": measured, "projected": projected, "peak_gpu_memory_bytes": res.get("peak_gpu_memory_bytes")})
+    complete = len(jobs) == expected_jobs and all(j["status"] == "completed" for j in jobs)
+    projected = sum(j["projected"] for j in jobs) if jobs and all(j["projected"] is not None for j in jobs) else None
+    measured = sum(j["measured"] for j in jobs) if complete else None
+    out = {"jobs": jobs, "complete": complete, "projected": projected, "measured": measured, "wall": wall}
+    for key in ("measured", "wall"):
+        value = out[key]
+        if projected and value is not None and complete:
+            out[f"{key}_ratio"] = value / projected
+            out[f"{key}_within"] = abs(value / projected - 1) <= TOLERANCE
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def _s(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f} s" + (f" ({value / 60:.2f} min)" if value >= 60 else "")
+
+
+def _gib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def _demote(markdown: str) -> str:
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def report(*, card: str | None, bench: dict | None, bench_markdown: str | None, bench_status: str, comp: dict,
+           runall_status: str, settings: dict, extras: list[tuple[str, str]], versions: dict[str, str]) -> str:
+    """BENCHMARKS.md: what this GPU check measured; a step that failed says so instead of a number."""
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    device = card or (bench or {}).get("device_name") or settings.get("device", "?")
+    lines = [
+        f"# ptuning GPU check on {device}",
+        "",
+        f"- date: {now}; card (nvidia-smi): {card or '–'}; device: {settings.get('device')}",
+        "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "- written by `scripts/gpu-check.sh`: every number below was measured in this run, or is a projection computed "
+        "from the bench numbers of this run and labelled so. Models are random-weight, data synthetic: accuracies mean nothing.",
+        "",
+        "## 1. Bench: the exercise's loop and the fast path, one run",
+        "",
+    ]
+    if bench_markdown:
+        lines += [_demote(bench_markdown.strip()), ""]
+    lines += [f"bench step: {bench_status}", ""]
+
+    n = settings
+    lines += [
+        "## 2. Scaled-down run-all: measured vs projected",
+        "",
+        f"- `ptuning run-all` over {n['expected_jobs']} jobs (every row + zero-shot), {n['epochs']} epoch(s), "
+        f"`--train-limit {n['train_limit']} --eval-limit {n['eval_limit']}`, `--concurrency {n['concurrency']}`, "
+        f"`--device {n['device']}`; model: random weights, {n['model']}; data: synthetic IMDb-length reviews ({n['data']})",
+        f"- run-all step: {runall_status}",
+        "- projection: per job, training steps × the bench's step time + evaluated reviews × the bench's eval time per "
+        "review, on the job's path (the benched row's own numbers, else the mean of the benched rows); it does not "
+        "include process start, model load, tokenization or checkpoints"
+        + ("; with concurrency > 1 the jobs overlap and share the device: neither the sum of their times nor the wall time "
+           "is comparable with it" if int(n["concurrency"]) > 1 else ""),
+        "",
+    ]
+    within = {True: "yes", False: "**NO**"}
+    done = sum(j["status"] == "completed" for j in comp.get("jobs", []))
+    overlap = int(n["concurrency"]) > 1
+    if overlap:
+        why = f"not compared: jobs ran {n['concurrency']} at a time, sharing the device"
+    elif not comp.get("projected"):
+        why = "not compared: no projection (the bench did not finish)"
+    elif not comp.get("complete"):
+        why = f"not compared: {done} of {n['expected_jobs']} jobs completed"
+    else:
+        why = ""
+
+    def versus(key: str) -> str:
+        if f"{key}_ratio" not in comp or overlap:
+            return why
+        return f"{comp[f'{key}_ratio']:.2f}× projected; within {TOLERANCE:.0%}: {within[comp[f'{key}_within']]}"
+
+    rows = [("projected train + eval (from this run's bench)", _s(comp.get("projected")), "")]
+    if comp.get("measured") is not None:
+        rows.append(("measured: sum of the jobs' train + eval seconds (result JSONs)", _s(comp["measured"]), versus("measured")))
+    if comp.get("wall") is not None:
+        rows.append(("measured: run-all wall time (start to tables printed)", _s(comp["wall"]), versus("wall")))
+        if comp.get("measured") is not None and not overlap:
+            rows.append(("measured: outside train + eval (wall − sum above): start, loads, tokenizing, checkpoints",
+                         _s(comp["wall"] - comp["measured"]), ""))
+    lines += ["| what | time | vs projection |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
+    if comp.get("jobs"):
+        lines += ["| job | status | path, precision | epochs | train | eval | job wall (after load) | projected train + eval "
+                  "| measured / projected | peak GPU memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for j in comp["jobs"]:
+            ratio = f"{j['measured'] / j['projected']:.2f}×" if j["measured"] is not None and j["projected"] else "–"
+            speed = j["speed"]
+            lines.append(f"| {j['job']} | {j['status']} | {speed.get('path', '–')}, {speed.get('precision', '–')} | {j['epochs']} "
+                         f"| {_s(j['train_seconds'])} | {_s(j['eval_seconds'])} | {_s(j['wall_seconds'])} | {_s(j['projected'])} "
+                         f"| {ratio} | {_gib(j['peak_gpu_memory_bytes'])} |")
+        lines.append("")
+    else:
+        lines += ["no job finished: nothing measured", ""]
+    if extras:
+        lines += ["## 3. Other steps", ""]
+        for title, text in extras:
+            lines += [f"### {title}", "", _demote(_demote(text.strip())), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _read_json(path: str | None) -> dict | None:
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    out = {"Python": sys.version.split()[0]}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__ + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else "")
+    except ImportError:
+        out["torch"] = "not importable"
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:
+        out["transformers"] = "not importable"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ptuning.gpucheck", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("assets", help="build the model and data; print MODEL_DIR DATA_DIR")
+    a.add_argument("directory")
+    a.add_argument("--n-train", type=int, default=4096)
+    a.add_argument("--n-test", type=int, default=4096)
+    a.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
+    a.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("report", help="write BENCHMARKS.md from what the script measured")
+    r.add_argument("--bench-json")
+    r.add_argument("--bench-md")
+    r.add_argument("--bench-status", default="not run")
+    r.add_argument("--results", required=True, help="the run-all's output directory")
+    r.add_argument("--wall", type=float, help="the run-all's wall time in seconds")
+    r.add_argument("--runall-status", default="not run")
+    r.add_argument("--card")
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--epochs", type=int, required=True)
+    r.add_argument("--train-limit", type=int, required=True)
+    r.add_argument("--eval-limit", type=int, required=True)
+    r.add_argument("--concurrency", type=int, default=1)
+    r.add_argument("--expected-jobs", type=int, default=11)
+    r.add_argument("--model-desc", default="t5-small shapes (60,506,624 parameters)")
+    r.add_argument("--data-desc", default="48% at 256 tokens, mean about 200")
+    r.add_argument("--extra", action="append", default=[], metavar="TITLE=FILE", help="a section from a file, if it exists")
+    r.add_argument("--output", required=True)
+    r.add_argument("--summary-json", help="also write the comparison as JSON here")
+    args = parser.parse_args(argv)
+
+    if args.command == "assets":
+        from ptuning.tiny import build_t5_small_shaped
+
+        model_dir, data_dir = build_t5_small_shaped(Path(args.directory), args.n_train, args.n_test, args.seed, args.size)
+        print(model_dir, data_dir)
+        return 0
+
+    from ptuning.results import load_results
+
+    bench = _read_json(args.bench_json)
+    results = [r for runs in load_results(Path(args.results)).values() for r in runs] if Path(args.results).is_dir() else []
+    comp = comparison(bench, results, args.train_limit, args.eval_limit, args.wall, args.expected_jobs)
+    bench_md = Path(args.bench_md).read_text() if args.bench_md and Path(args.bench_md).is_file() else None
+    extras = []
+    for spec in args.extra:
+        title, _, path = spec.partition("=")
+        if path and Path(path).is_file() and Path(path).read_text().strip():
+            extras.append((title, Path(path).read_text()))
+    settings = {"device": args.device, "epochs": args.epochs, "train_limit": args.train_limit, "eval_limit": args.eval_limit,
+                "concurrency": args.concurrency, "expected_jobs": args.expected_jobs, "model": args.model_desc, "data": args.data_desc}
+    text = report(card=args.card, bench=bench, bench_markdown=bench_md, bench_status=args.bench_status, comp=comp,
+                  runall_status=args.runall_status, settings=settings, extras=extras, versions=_versions())
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps({"settings": settings, "comparison": comp, "bench": bench}, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""scripts/gpu-check.sh and its Python pieces (ptuning.gpucheck, ptuning.tiny.build_t5_small_shaped), on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+GIB = 2**30
+
+
+def test_t5_small_shaped_assets_load_with_t5_small_counts_and_imdb_lengths(tmp_path):
+    from ptuning.data import preprocess
+    from ptuning.methods import count_parameters
+    from ptuning.model import load_model
+    from ptuning.tiny import build_t5_small_shaped
+
+    model_dir, data_dir = build_t5_small_shaped(tmp_path, n_train=64, n_test=800, seed=3)
+    model, tokenizer = load_model(str(model_dir))
+    assert count_parameters(model)[0] == 60_506_624
+    assert len(tokenizer) < model.config.vocab_size == 32128
+    assert [len(tokenizer(w)["input_ids"]) for w in ("negative", "positive")] == [2, 2]  # word + </s>, as in t5-small
+    rows = [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == 800 and {r["label"] for r in rows} == {0, 1}
+    assert len((data_dir / "train.jsonl").read_text().splitlines()) == 64
+    lengths = [len(ids) for ids in tokenizer([preprocess(r["text"]) for r in rows], truncation=True, max_length=256)["input_ids"]]
+    full = sum(n == 256 for n in lengths) / len(lengths)
+    assert 0.42 <= full <= 0.54, full  # bench's synthetic streams: 48% at the limit
+    rest = [n for n in lengths if n < 256]
+    assert min(rest) >= 40 and 130 <= sum(rest) / len(rest) <= 165  # uniform in [40, 255]: mean 147.5
+    assert 190 <= sum(lengths) / len(lengths) <= 210  # IMDb under truncation at 256: about 200
+    stamp = (tmp_path / "assets.json").stat().st_mtime_ns
+    assert build_t5_small_shaped(tmp_path, n_train=64, n_test=800, seed=3) == (model_dir, data_dir)
+    assert (tmp_path / "assets.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+BENCH = {"rows": {
+    "full_ft": {"faithful": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0014},
+                "fast": {"step_seconds": 0.060, "eval_seconds_per_review": 0.0006}},
+    "lora_8_peft": {"faithful": {"step_seconds": 0.080, "eval_seconds_per_review": 0.0016},
+                    "fast": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0008}},
+}}
+
+
+def _result(job, row, epochs, train, evals, status="completed", path="fast", peak=None):
+    return {"job": job, "row": row, "status": status, "config": {"epochs": epochs, "batch_size": 32},
+            "speed": {"path": path, "precision": "bf16"}, "train_seconds": train, "eval_seconds": evals,
+            "wall_seconds": train + evals + 1,
+            "epochs": [{"epoch": e, "train_seconds": train / max(epochs, 1), "eval_seconds": evals / max(epochs, 1)}
+                       for e in range(max(epochs, 1))],
+            "peak_gpu_memory_bytes": peak}
+
+
+def test_projection_uses_the_benched_row_or_the_mean_on_the_jobs_path():
+    from ptuning.gpucheck import project_job, rates
+
+    assert rates(BENCH, "fast", "full_ft") == (0.060, 0.0006)
+    assert rates(BENCH, "fast", "adapter_8") == pytest.approx((0.065, 0.0007))
+    assert rates({}, "fast") is None
+    # 2 epochs x ceil(1000 / 32) = 64 steps; 2 passes over 500 reviews
+    assert project_job(BENCH, _result("full_ft", 1, 2, 0, 0), 1000, 500) == pytest.approx(64 * 0.060 + 1000 * 0.0006)
+    assert project_job(BENCH, _result("adapter_8", 5, 2, 0, 0, path="faithful"), 1000, 500) == pytest.approx(64 * 0.075 + 1000 * 0.0015)
+    assert project_job(BENCH, _result("zero_shot", 0, 0, 0, 0), 1000, 500) == pytest.approx(500 * 0.0007)  # one pass, no steps
+
+
+def test_comparison_and_report_say_within_20_percent_or_not():
+    from ptuning.gpucheck import comparison, report
+
+    results = [_result("zero_shot", 0, 0, 0.0, 0.4), _result("full_ft", 1, 2, 3.9, 1.2, peak=int(1.5 * GIB))]
+    projected = 500 * 0.0007 + 64 * 0.060 + 1000 * 0.0006
+    comp = comparison(BENCH, results, 1000, 500, wall=projected * 1.5, expected_jobs=2)
+    assert comp["complete"] and comp["projected"] == pytest.approx(projected)
+    assert comp["measured"] == pytest.approx(5.5) and comp["measured_within"] is (abs(5.5 / projected - 1) <= 0.2)
+    assert comp["wall_ratio"] == pytest.approx(1.5) and comp["wall_within"] is False
+    settings = {"device": "cuda", "epochs": 2, "train_limit": 1000, "eval_limit": 500, "concurrency": 1, "expected_jobs": 2,
+                "model": "t5-small shapes", "data": "synthetic"}
+    text = report(card="NVIDIA H100 80GB HBM3", bench=BENCH, bench_markdown="# ptuning bench\n\n| a | b |", bench_status="completed in 40 s",
+                  comp=comp, runall_status="completed in 9 s", settings=settings, extras=[("pytest", "19 passed")],
+                  versions={"torch": "2.11.0", "transformers": "4.57.6"})
+    assert text.startswith("# ptuning GPU check on NVIDIA H100 80GB HBM3")
+    assert "torch 2.11.0, transformers 4.57.6" in text and "## ptuning bench" in text  # bench headings demoted
+    assert "1.50× projected; within 20%: **NO**" in text
+    assert "| full_ft | completed | fast, bf16 | 2 |" in text and "1.50 GiB" in text
+    assert "19 passed" in text
+
+    # a job short: no verdict, only what was measured
+    comp = comparison(BENCH, results[:1], 1000, 500, wall=300.0, expected_jobs=2)
+    assert comp["measured"] is None and "wall_ratio" not in comp
+    text = report(card=None, bench=BENCH, bench_markdown=None, bench_status="completed", comp=comp,
+                  runall_status="**stopped by its timeout**", settings=settings, extras=[], versions={})
+    assert "not compared: 1 of 2 jobs completed" in text and "within 20%" not in text
+    # no bench: no projection
+    comp = comparison(None, results, 1000, 500, wall=10.0, expected_jobs=2)
+    assert comp["projected"] is None
+    text = report(card=None, bench=None, bench_markdown=None, bench_status="**failed**", comp=comp, runall_status="completed",
+                  settings=settings, extras=[], versions={})
+    assert "no projection (the bench did not finish)" in text and "bench step: **failed**" in text
+    # jobs at the same time: nothing to compare with a projection made for one at a time
+    comp = comparison(BENCH, results, 1000, 500, wall=1.0, expected_jobs=2)
+    text = report(card=None, bench=BENCH, bench_markdown=None, bench_status="completed", comp=comp, runall_status="completed",
+                  settings={**settings, "concurrency": 4}, extras=[], versions={})
+    assert "not compared: jobs ran 4 at a time" in text and "within 20%" not in text
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout")
+def test_gpu_check_script_quick_on_cpu(tmp_path):
+    """The GPU check's every step at tiny sizes on CPU: assets, bench, run-all over all rows, the report, $OUT."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    committed = REPO / "results" / "BENCHMARKS.md"
+    before = committed.read_bytes() if committed.exists() else None
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--device", "cpu", "--quick", "--work", str(work),
+                           "--budget", "400"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "installing" not in proc.stdout  # transformers 4.57.6 already: no wheels
+    assert "transformers: 4.57.6" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "bench.json", "bench.md", "gpu-check.log", "summary.json", "tables.md"]
+    summary = json.loads((out / "summary.json").read_text())
+    comp = summary["comparison"]
+    assert comp["complete"] and len(comp["jobs"]) == 11 and all(j["status"] == "completed" for j in comp["jobs"])
+    assert comp["projected"] > 0 and comp["measured"] > 0 and comp["wall"] > comp["measured"]
+    assert {j["speed"]["path"] for j in comp["jobs"]} == {"faithful"}  # what `auto` runs on CPU
+    text = (out / "BENCHMARKS.md").read_text()
+    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
+                   "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
+        assert needle in text, needle
+    assert "lora_1_peft" in (out / "tables.md").read_text()
+    assert (committed.read_bytes() if committed.exists() else None) == before  # only a CUDA run writes results/BENCHMARKS.md
