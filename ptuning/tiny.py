@@ -19,48 +19,34 @@ NEUTRAL = (
 ).split()
 
 
-def tiny_t5_config(vocab_size: int):
-    """A 2+2-block T5 with the t5-small architecture's shape rules (relu FFN, tied embeddings)."""
+def _t5_config(**shape):
+    """A T5Config with t5-small's architecture rules (relu FFN, dropout 0.1, tied embeddings) and this shape."""
     from transformers import T5Config
 
     return T5Config(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
         dropout_rate=0.1,
         feed_forward_proj="relu",
         tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
+        **shape,
+    )
+
+
+def tiny_t5_config(vocab_size: int):
+    """A 2+2-block T5 with the t5-small architecture's shape rules (relu FFN, tied embeddings)."""
+    return _t5_config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32,
     )
 
 
 def t5_small_config():
     """The exact t5-small configuration (builds a random-weight model with 60,506,624 parameters)."""
-    from transformers import T5Config
-
-    return T5Config(
-        vocab_size=32128,
-        d_model=512,
-        d_kv=64,
-        d_ff=2048,
-        num_layers=6,
-        num_decoder_layers=6,
-        num_heads=8,
+    return _t5_config(
+        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8,
         relative_attention_num_buckets=32,
-        dropout_rate=0.1,
-        feed_forward_proj="relu",
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
     )
 
 
