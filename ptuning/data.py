@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ptuning.atomic import atomic_save
 from ptuning.errors import PtuningError
 from ptuning.hub import hub_error, looks_like_path, resolve
 
@@ -105,11 +106,16 @@ def validate_splits(ref: str, data):
 # tokenization (cached) and placeholders
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """ptuning's own cache: $PTUNING_CACHE, else $XDG_CACHE_HOME/ptuning, else ~/.cache/ptuning."""
     base = os.environ.get("PTUNING_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ptuning"
     )
-    return Path(base) / "tokenized"
+    return Path(base)
+
+
+def cache_dir() -> Path:
+    return cache_root() / "tokenized"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -185,19 +191,16 @@ def _unflatten(flat: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
 
 
 def _save_cache(path: Path, encoded: Encoded) -> None:
+    lengths = torch.tensor([0] + [len(x) for x in encoded.input_ids])
+    payload = {
+        "ids": torch.tensor([t for row in encoded.input_ids for t in row], dtype=torch.int32),
+        "offsets": torch.cumsum(lengths, 0),
+        "labels": torch.tensor(encoded.labels, dtype=torch.int8),
+    }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lengths = torch.tensor([0] + [len(x) for x in encoded.input_ids])
-        payload = {
-            "ids": torch.tensor([t for row in encoded.input_ids for t in row], dtype=torch.int32),
-            "offsets": torch.cumsum(lengths, 0),
-            "labels": torch.tensor(encoded.labels, dtype=torch.int8),
-        }
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the cache is an optimisation; a read-only home must not stop a run
+        atomic_save(path, lambda tmp: torch.save(payload, tmp))
+    except PtuningError:
+        pass  # the cache is an optimisation; a read-only or full home must not stop a run
 
 
 def with_placeholders(ids: list[int], n: int, max_length: int, pad_id: int, eos_id: int) -> list[int]:

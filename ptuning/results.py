@@ -11,15 +11,14 @@ same directory and is renamed into place.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ptuning.atomic import atomic_save
 from ptuning.errors import PtuningError
 
 RESULT_FILE = "result.json"
@@ -45,36 +44,9 @@ def disk_bytes(path: Path | None) -> int | None:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        from ptuning.atomic import write_error
-
-        raise write_error(path, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):  # full disk, read-only directory: one line, no truncated file
-            from ptuning.atomic import write_error
-
-            raise write_error(path, exc) from None
-        raise
-
-
 def write_result(path: Path, result: dict[str, Any]) -> Path:
-    atomic_write_bytes(path, (json.dumps(result, indent=2, sort_keys=False) + "\n").encode())
-    return path
+    data = (json.dumps(result, indent=2, sort_keys=False) + "\n").encode()
+    return atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
 
 def read_result(path: Path) -> dict[str, Any]:

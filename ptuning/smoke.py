@@ -6,7 +6,6 @@ parameters and reports, through the same code paths as a real run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 BANNER = (
@@ -21,8 +20,9 @@ SMOKE_SETTINGS = {"epochs": 1, "max_length": 64, "batch_size": 16, "eval_batch_s
 
 
 def assets_dir() -> Path:
-    base = os.environ.get("PTUNING_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ptuning")
-    return Path(base) / "smoke-assets-v1"
+    from ptuning.data import cache_root
+
+    return cache_root() / "smoke-assets-v1"
 
 
 def prepare(workdir: Path | None = None) -> tuple[Path, Path]:
