@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -85,6 +86,7 @@ class PathResult:
     peak_memory: int | None
     predictions: list[str] = field(default_factory=list)
     note: str = ""
+    setup_seconds: float = 0.0  # the warm-up's cost beyond its steps (capture, compile, lazy initialisation)
 
     @property
     def steps_per_second(self) -> float:
@@ -108,7 +110,7 @@ class PathResult:
 
     @property
     def table_seconds(self) -> float:
-        return TABLE_ROWS * TABLE_EPOCHS * (self.epoch_train_seconds + self.eval_epoch_seconds)
+        return TABLE_ROWS * (TABLE_EPOCHS * (self.epoch_train_seconds + self.eval_epoch_seconds) + self.setup_seconds)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,7 +133,7 @@ def _build(job, config, device: torch.device, seed: int):
 
 def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
                seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
-               fast_eval_batch_size: int = 512) -> PathResult:
+               fast_eval_batch_size: int = 512, cuda_graphs: bool = True) -> PathResult:
     """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast')."""
     from ptuning import fast
     from ptuning.evaluate import predict
@@ -150,6 +152,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         return torch.utils.data.DataLoader(ListDataset(pairs), batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
                                            pin_memory=device.type == "cuda")
 
+    graphed = None
     if path == "faithful":
         optimizer = make_optimizer(trainable, 1e-4, 0.01)
         prec = "fp32" if precision == "auto" else precision
@@ -159,21 +162,30 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
 
         description = f"{prec}, eager, dynamic padding, generate (batch {eval_batch_size})"
     else:
-        job_like = _JobLike(job, precision, compile, fast_eval_batch_size)
+        from ptuning.graphs import GraphedTrainStep
+
+        job_like = _JobLike(job, precision, compile, fast_eval_batch_size, cuda_graphs)
         plan = fast.plan(job_like, device)
         optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
         loss_fn = fast.LossFn(model, plan.compile)
-        if plan.compile:
+        graphed = GraphedTrainStep(model, optimizer, device, plan.precision, lambda m: print(f"bench: {m}", file=sys.stderr)) \
+            if plan.graphs else None
+        if plan.compile or plan.graphs:
             label_length = max(len(y) for _, y in train_pairs)
             train_collate = fast.BucketCollator(0, fast.default_buckets(max(len(x) for x, _ in train_pairs)), label_length)
         else:
             train_collate = collate
 
         def run(pairs):
-            fast.train_epoch(model, loader(pairs, train_collate), optimizer, device, plan, "bench", loss_fn=loss_fn)
+            fast.train_epoch(model, loader(pairs, train_collate), optimizer, device, plan, "bench", loss_fn=loss_fn, step=graphed)
 
         prec = plan.precision
-        parts = [prec, "torch.compile over length buckets" if plan.compile else "eager, dynamic padding"]
+        if plan.compile:
+            parts = [prec, "torch.compile over length buckets"]
+        elif plan.graphs:
+            parts = [prec, "CUDA graphs over length buckets"]
+        else:
+            parts = [prec, "eager, dynamic padding"]
         if plan.fused_adamw:
             parts.append("fused AdamW")
         if plan.sync_every > 1:
@@ -183,12 +195,17 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run(warmup_pairs)
     _sync(device)
+    t0 = time.perf_counter()
+    run(warmup_pairs)  # first steps: lazy initialisation, and a graph capture (or compile) per new batch shape
+    _sync(device)
+    warmup_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     run(train_pairs)
     _sync(device)
     step_seconds = (time.perf_counter() - t0) / max(n_steps, 1)
+    # what the warm-up cost beyond its steps at the steady rate: once per run (per batch shape), on top of the steps
+    setup_seconds = max(0.0, warmup_seconds - (len(warmup_pairs) // batch_size) * step_seconds)
 
     eval_ds = ListDataset(eval_pairs)
     _sync(device)
@@ -203,6 +220,11 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     eval_seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     note = ""
+    if path == "fast" and graphed is not None:
+        if graphed.failure:
+            description += f"; **graph capture failed, trained eagerly**: {graphed.failure}"
+        else:
+            description += f"; {len(graphed.graphs)} graph(s), {graphed.replays} replays"
     if path == "fast":  # the decode itself vs generate, at the fast path's own precision (untimed)
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
         reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
@@ -210,17 +232,18 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     model = optimizer = None  # free the weights before the next path (closures above still name them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note)
+    return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
+                      setup_seconds)
 
 
 class _JobLike:
     """A job with the fast path's settings replaced (for `fast.plan`)."""
 
-    def __init__(self, job, precision: str, compile: bool, fast_eval_batch_size: int):
+    def __init__(self, job, precision: str, compile: bool, fast_eval_batch_size: int, cuda_graphs: bool = True):
         self.name = job.name
         self.eval_batch_size = job.eval_batch_size
         self.settings = {**job.settings, "speed": "fast", "precision": precision, "compile": compile,
-                         "fast_eval_batch_size": fast_eval_batch_size}
+                         "fast_eval_batch_size": fast_eval_batch_size, "cuda_graphs": cuda_graphs}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +280,8 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
         "- TFLOP/s = 6 × parameters (all, frozen included) × input tokens per second / 1e12 (training estimate); "
         "tokens = non-pad input tokens",
         f"- projections: epoch = {EPOCH_STEPS} steps; eval epoch = {EVAL_REVIEWS:,} reviews; "
-        f"table = {TABLE_ROWS} rows × {TABLE_EPOCHS} epochs × (train epoch + eval epoch), each row assumed to cost what this row costs",
+        f"table = {TABLE_ROWS} rows × ({TABLE_EPOCHS} epochs × (train epoch + eval epoch) + warm-up beyond its steps), "
+        "each row assumed to cost what this row costs, one job at a time",
         "",
     ]
     for row, (a, b) in results.items():
@@ -269,6 +293,7 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
             ("tokens/s", f"{a.tokens_per_second:,.0f}", f"{b.tokens_per_second:,.0f}", b.tokens_per_second / a.tokens_per_second),
             ("achieved TFLOP/s (6·N·tokens)", f"{a.tflops:.3g}", f"{b.tflops:.3g}", b.tflops / a.tflops),
             ("peak memory", mem(a), mem(b), None),
+            ("warm-up beyond its steps (once per run and batch shape)", _fmt_seconds(a.setup_seconds), _fmt_seconds(b.setup_seconds), None),
             ("train epoch (782 steps, projected)", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
              a.epoch_train_seconds / b.epoch_train_seconds),
             ("eval epoch (25k reviews, projected)", _fmt_seconds(a.eval_epoch_seconds), _fmt_seconds(b.eval_epoch_seconds),
@@ -303,6 +328,7 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
         return {"description": r.description, "step_seconds": r.step_seconds, "tokens_per_step": r.tokens_per_step,
                 "eval_seconds": r.eval_seconds, "eval_reviews": r.eval_reviews, "eval_seconds_per_review": r.eval_seconds / r.eval_reviews,
                 "peak_memory_bytes": r.peak_memory, "tflops": r.tflops, "table_seconds": r.table_seconds,
+                "setup_seconds": r.setup_seconds,
                 "fast_decode_matches_generate": {"yes": True, "NO": False}.get(r.note)}
 
     return {
@@ -317,7 +343,7 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
 
 def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: Sequence[str] = ("full_ft",),
               batch_size: int = 32, max_length: int = 256, eval_reviews: int | None = None, warmup: int | None = None,
-              precision: str = "auto", compile: bool = False, seed: int = 0, jobs_dir=None,
+              precision: str = "auto", compile: bool = False, cuda_graphs: bool = True, seed: int = 0, jobs_dir=None,
               echo: Callable[[str], None] = print, data: dict | None = None) -> str:
     """Bench `rows` on both paths; returns the markdown report (and fills `data`, if given, with `summary`)."""
     from ptuning.jobs import load_job
@@ -343,7 +369,7 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
         for path in ("faithful", "fast"):
             echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews on {device}")
             pair.append(bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
-                                   job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512)))
+                                   job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512), cuda_graphs))
         results[job.name] = tuple(pair)
     if data is not None:
         data.update(summary(results, device, size, params, steps, batch_size, eval_reviews, max_length))

@@ -76,6 +76,7 @@ def run_options(f):
         click.option("--speed", type=click.Choice(["auto", "fast", "faithful"]), help="fast path or the exercise's loop (default auto: fast on CUDA, faithful on CPU)."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto (default): bf16 autocast on the fast path on CUDA, else fp32."),
         click.option("--compile/--no-compile", "compile_", default=None, help="Fast path on CUDA: torch.compile over length buckets (default off)."),
+        click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Fast path on CUDA: replay each training step as a CUDA graph (default on)."),
         click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
     ]
     for option in reversed(options):
@@ -119,6 +120,7 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     if overrides["seed"] is not None:
         overrides["seeds"] = [overrides["seed"]]  # --seed replaces a job file's seed list
     overrides["compile"] = kwargs.get("compile_")
+    overrides["cuda_graphs"] = kwargs.get("cuda_graphs")
     jobs = [job.override(**overrides) for job in jobs]  # validate every override first
     failures = []
     with OutputLock(Path(kwargs["output_dir"])), StopRequest() as stop:
@@ -261,12 +263,13 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 @click.option("--eval-reviews", type=click.IntRange(min=1), default=None, help="Reviews decoded per path (default: 2048 on CUDA, 64 on CPU).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Fast path precision.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="Fast path: torch.compile over length buckets (CUDA only).")
+@click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=True, show_default=True, help="Fast path on CUDA: the training step as CUDA graphs.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the markdown to this file.")
 @click.option("--json", "json_output", type=click.Path(dir_okay=False), help="Also write the measurements as JSON to this file.")
 @click.pass_context
 def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: str, batch_size: int, max_length: int,
           eval_reviews: int | None,
-          precision: str, compile_: bool, output: str | None, json_output: str | None) -> None:
+          precision: str, compile_: bool, cuda_graphs: bool, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
     from ptuning.bench import run_bench
     from ptuning.runner import resolve_device
@@ -278,7 +281,7 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
     data: dict = {}
     text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
                      [r.strip() for r in rows.split(",") if r.strip()], batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
-                     compile=compile_, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
+                     compile=compile_, cuda_graphs=cuda_graphs, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
     click.echo(text)
     for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):
         if path:

@@ -11,8 +11,10 @@ What it changes, and what it does not (see README "Speed"):
   forced tokens, ...) or a PEFT prompt-learning wrapper falls back to `generate` (`fallback_reason`).
 * Training (`train_epoch`): bf16 autocast where `precision` resolves to bf16, pinned host memory and
   non-blocking copies, no host sync per step on CUDA (losses are read back every `SYNC_EVERY` steps),
-  fused AdamW on CUDA (the same AdamW update in one kernel). Optional, CUDA only and off by default:
-  `torch.compile(mode="reduce-overhead")` over a few static length buckets (`compile: true`).
+  fused AdamW on CUDA (the same AdamW update in one kernel), and on CUDA, by default, the whole step
+  (forward, backward, update) replayed as a CUDA graph per static length bucket (`ptuning.graphs`,
+  `cuda_graphs: true`). Optional, CUDA only and off by default: `torch.compile(mode="reduce-overhead")`
+  over the same buckets (`compile: true`, used instead of the graphs).
 * Unchanged: batch size, optimizer and its hyper-parameters, learning rates, number of steps, data order,
   dropout in train mode.
 
@@ -72,6 +74,7 @@ class Plan:
     fast: bool
     precision: str  # "fp32" or "bf16"
     compile: bool  # torch.compile(mode="reduce-overhead") over length buckets (CUDA only)
+    graphs: bool  # the whole training step as CUDA graphs over length buckets (CUDA only; ptuning.graphs)
     eval_batch_size: int
     pin_memory: bool
     fused_adamw: bool
@@ -101,6 +104,7 @@ def plan(job, device: torch.device, echo: Callable[[str], None] | None = None) -
         fast=fast,
         precision=precision,
         compile=want_compile,
+        graphs=fast and cuda and not want_compile and bool(_setting(job, "cuda_graphs", True)),
         eval_batch_size=_setting(job, "fast_eval_batch_size", 512) if fast else job.eval_batch_size,
         pin_memory=cuda,
         fused_adamw=fast and cuda,
@@ -308,7 +312,7 @@ class BucketCollator(Collator):
 
 def train_loader(job, dataset, tokenizer, the_plan: Plan, generator: torch.Generator):
     """The training DataLoader of the plan: same shuffling (same generator) as the faithful loader."""
-    if the_plan.compile:
+    if the_plan.compile or the_plan.graphs:  # static shapes: a few input lengths, one label length
         label_length = max(len(y) for y in dataset.targets) if hasattr(dataset, "targets") else None
         collate = BucketCollator(tokenizer.pad_token_id, default_buckets(job.max_length), label_length)
     else:
@@ -318,10 +322,11 @@ def train_loader(job, dataset, tokenizer, the_plan: Plan, generator: torch.Gener
 
 
 def make_optimizer(params, lr: float, weight_decay: float, the_plan: Plan) -> torch.optim.Optimizer:
-    """torch.optim.AdamW with PyTorch defaults; on the fast path on CUDA its fused kernel (same update)."""
+    """torch.optim.AdamW with PyTorch defaults; on the fast path on CUDA its fused kernel (same update),
+    capturable (step counter on the device) when the step is a CUDA graph."""
     params = list(params)
     if the_plan.fused_adamw and all(p.is_cuda and p.dtype.is_floating_point for p in params):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True, capturable=the_plan.graphs)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -356,7 +361,8 @@ class LossFn:
 
 def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, description: str = "train",
                 on_step: Callable[[int, float], None] | None = None, loss_fn: LossFn | None = None,
-                start_step: int = 0, start_total: float = 0.0, should_stop: Callable[[], bool] | None = None) -> float:
+                start_step: int = 0, start_total: float = 0.0, should_stop: Callable[[], bool] | None = None,
+                step: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> float:
     """One pass over `loader` on the fast path; returns the mean training loss.
 
     Same update as `ptuning.train.train_epoch`. On CUDA the losses are read back every `sync_every` steps,
@@ -364,6 +370,8 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
     up to `sync_every - 1` optimizer steps after it happened (the run is lost either way).
     `start_step`/`start_total`/`should_stop` resume and stop an epoch exactly as in `ptuning.train.train_epoch`:
     before raising `StopEpoch`, every pending loss is read back, so the reported step is the last one applied.
+    `step` (a `ptuning.graphs.GraphedTrainStep`) does forward, backward and update in one call, used instead
+    of `loss_fn`; its loss is checked after the update, also on CPU.
     """
     from tqdm.auto import tqdm
 
@@ -392,6 +400,14 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
         if index < start_step:  # resuming: same shuffle order, skip the batches already trained on
             continue
         batch = {k: v.to(device, non_blocking=the_plan.pin_memory) for k, v in batch.items()}
+        if step is not None:
+            pending.append(step(batch))
+            if len(pending) >= the_plan.sync_every:
+                flush()
+            if should_stop is not None and should_stop():
+                flush()
+                raise StopEpoch(steps, total)
+            continue
         with autocast(device, the_plan.precision):
             loss = loss_fn(batch)
         if the_plan.sync_every <= 1:  # CPU: check before the update, like the faithful loop

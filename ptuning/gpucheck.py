@@ -7,7 +7,7 @@ BENCHMARKS.md: only measured numbers, and projections computed from them, each l
 
 The projection of a job: its training steps (epochs × ceil(train reviews / batch size)) times the bench's
 step time, plus its evaluated reviews (one pass per epoch; zero-shot: one pass) times the bench's eval time
-per review, on the path the job ran (result JSON's `speed.path`), using the bench row of the same name if it
+per review, plus (if it trains) the bench's warm-up cost beyond its steps (the CUDA-graph capture), on the path the job ran (result JSON's `speed.path`), using the bench row of the same name if it
 was benched, else the mean of the benched rows (the bench's own "each row costs what this row costs").
 It leaves out what the bench does not time: process start, model load, tokenization, checkpoints.
 """
@@ -26,15 +26,17 @@ from typing import Any
 TOLERANCE = 0.20
 
 
-def rates(bench: dict, path: str, row: str | None = None) -> tuple[float, float] | None:
-    """(seconds per training step, seconds per evaluated review) on `path`: the row's own if benched, else the mean."""
+def rates(bench: dict, path: str, row: str | None = None) -> tuple[float, float, float] | None:
+    """(seconds per training step, seconds per evaluated review, warm-up beyond its steps) on `path`: the row's own
+    if benched, else the mean of the benched rows."""
     rows = bench.get("rows") or {}
     chosen = [rows[row]] if row in rows else list(rows.values())
     measured = [r[path] for r in chosen if path in r]
     if not measured:
         return None
     return (sum(m["step_seconds"] for m in measured) / len(measured),
-            sum(m["eval_seconds_per_review"] for m in measured) / len(measured))
+            sum(m["eval_seconds_per_review"] for m in measured) / len(measured),
+            sum(m.get("setup_seconds", 0.0) for m in measured) / len(measured))
 
 
 def project_job(bench: dict, result: dict, n_train: int, n_eval: int) -> float | None:
@@ -43,11 +45,11 @@ def project_job(bench: dict, result: dict, n_train: int, n_eval: int) -> float |
     r = rates(bench, path, result.get("job"))
     if r is None:
         return None
-    step, per_review = r
+    step, per_review, setup = r
     config = result.get("config") or {}
     epochs = int(config.get("epochs") or 0)
     steps = epochs * math.ceil(n_train / int(config.get("batch_size") or 32))
-    return steps * step + max(epochs, 1) * n_eval * per_review
+    return steps * step + max(epochs, 1) * n_eval * per_review + (setup if steps else 0.0)
 
 
 def comparison(bench: dict | None, results: list[dict], n_train: int, n_eval: int, wall: float | None,
@@ -122,7 +124,8 @@ def report(*, card: str | None, bench: dict | None, bench_markdown: str | None, 
         f"`--device {n['device']}`; model: random weights, {n['model']}; data: synthetic IMDb-length reviews ({n['data']})",
         f"- run-all step: {runall_status}",
         "- projection: per job, training steps × the bench's step time + evaluated reviews × the bench's eval time per "
-        "review, on the job's path (the benched row's own numbers, else the mean of the benched rows); it does not "
+        "review + the warm-up's cost beyond its steps (graph capture) once, on the job's path (the benched row's own numbers, "
+        "else the mean of the benched rows); it does not "
         "include process start, model load, tokenization or checkpoints"
         + ("; with concurrency > 1 the jobs overlap and share the device: neither the sum of their times nor the wall time "
            "is comparable with it" if int(n["concurrency"]) > 1 else ""),
@@ -199,6 +202,66 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: str = "t5-small", seed: int = 0) -> str:
+    """Markdown: training losses with the step as CUDA graphs vs eager, same weights, data and updates, dropout off.
+
+    Dropout is off so that both runs compute the same thing (with it on they draw different masks); what is
+    left is kernel rounding (fp32) or bf16 rounding. A graph that replayed stale inputs, missed zeroing the
+    gradients or updated the wrong tensors would show here as diverging losses.
+    """
+    import dataclasses
+
+    import torch
+
+    from ptuning import fast
+    from ptuning.bench import ListDataset, _build, job_placeholders, small_config, synthetic_examples
+    from ptuning.graphs import GraphedTrainStep
+    from ptuning.jobs import load_job
+    from ptuning.tiny import t5_small_config
+
+    config = t5_small_config() if size == "t5-small" else small_config()
+    config.dropout_rate = 0.0
+    lines = [f"graphed vs eager training, {steps} steps of batch 32, dropout 0, same seed and data, on {device}", "",
+             "| row | precision | first loss (eager) | last loss (eager) | max relative difference over the steps | graphs |",
+             "|---|---|---|---|---|---|"]
+    for ref in rows:
+        job = load_job(ref)
+        pairs = synthetic_examples(steps * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
+        for precision in ("fp32", "bf16"):
+            losses, info = {}, ""
+            for graphs in (False, True):
+                model, method = _build(job, config, device, seed)
+                for module in model.modules():  # the method's own dropout too (PEFT's lora_dropout)
+                    if isinstance(module, torch.nn.Dropout):
+                        module.p = 0.0
+                plan = dataclasses.replace(fast.plan(_Settings(job), device), precision=precision, graphs=graphs)
+                trainable = [p for _, p in method.trainable_parameters(model)]
+                optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
+                step = GraphedTrainStep(model, optimizer, device, precision) if graphs else None
+                collate = fast.BucketCollator(0, fast.default_buckets(256), max(len(y) for _, y in pairs))
+                loader = torch.utils.data.DataLoader(ListDataset(pairs), batch_size=32, collate_fn=collate)
+                seen: list[float] = []
+                fast.train_epoch(model, loader, optimizer, device, plan, "equivalence", on_step=lambda s, v: seen.append(v), step=step)
+                losses[graphs] = seen
+                if step is not None:
+                    d = step.describe()
+                    info = f"failed: {d['failure']}" if d["failure"] else f"{d['graphs']} captured, {d['replays']} replays"
+                model = optimizer = step = None
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+            eager, graphed = losses[False], losses[True]
+            worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(eager, graphed)) if eager and len(eager) == len(graphed) else float("nan")
+            lines.append(f"| {job.name} | {precision} | {eager[0]:.5f} | {eager[-1]:.5f} | {worst:.2e} | {info} |")
+    return "\n".join(lines) + "\n"
+
+
+class _Settings:
+    """A job seen by `fast.plan` as the fast path with its defaults."""
+
+    def __init__(self, job):
+        self.name, self.eval_batch_size = job.name, job.eval_batch_size
+        self.settings = {**job.settings, "speed": "fast", "compile": False}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ptuning.gpucheck", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--n-test", type=int, default=4096)
     a.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
     a.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("equivalence", help="graphed vs eager training losses (markdown), dropout off")
+    e.add_argument("--device", default="cuda")
+    e.add_argument("--steps", type=int, default=30)
+    e.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
+    e.add_argument("--rows", default="full_ft,lora_8_peft")
+    e.add_argument("--output")
     r = sub.add_parser("report", help="write BENCHMARKS.md from what the script measured")
     r.add_argument("--bench-json")
     r.add_argument("--bench-md")
@@ -234,6 +303,15 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir, data_dir = build_t5_small_shaped(Path(args.directory), args.n_train, args.n_test, args.seed, args.size)
         print(model_dir, data_dir)
+        return 0
+
+    if args.command == "equivalence":
+        import torch
+
+        text = equivalence(torch.device(args.device), [r for r in args.rows.split(",") if r], args.steps, args.size)
+        if args.output:
+            Path(args.output).write_text(text)
+        print(text)
         return 0
 
     from ptuning.results import load_results

@@ -54,6 +54,7 @@ SETTINGS: dict[str, Setting] = {
     "speed": Setting(str, choices=("auto", "fast", "faithful")),  # see ptuning/fast.py
     "fast_eval_batch_size": Setting(int, minimum=1),
     "compile": Setting(bool),
+    "cuda_graphs": Setting(bool),
     "labels": Setting(list),
     "seeds": Setting(list, optional=True),  # several seeds: one run each; overrides `seed`
     "protocol": Setting(str, choices=PROTOCOLS),

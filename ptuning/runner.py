@@ -21,6 +21,7 @@ from ptuning import results as results_mod
 from ptuning.atomic import atomic_save
 from ptuning.errors import PtuningError
 from ptuning.evaluate import evaluate
+from ptuning.graphs import GraphedTrainStep
 from ptuning.jobs import Job
 from ptuning.methods import build_method, count_parameters
 from ptuning.model import load_model
@@ -147,12 +148,14 @@ def run_job(
     }
 
     model.to(device)
-    optimizer, loss_fn = None, None
+    optimizer, loss_fn, graphed = None, None, None
     if method.trains:
         trainable_params = [p for _, p in method.trainable_parameters(model)]
         if speed.fast:
             optimizer = fast.make_optimizer(trainable_params, job.lr, job.weight_decay, speed)
             loss_fn = fast.LossFn(model, speed.compile, echo)
+            if speed.graphs:  # forward, backward and update replayed as CUDA graphs (ptuning/graphs.py)
+                graphed = GraphedTrainStep(model, optimizer, device, speed.precision, lambda m: echo(f"[{job.name}] {m}"))
         else:
             optimizer = make_optimizer(trainable_params, job.lr, job.weight_decay)
     generation_model = method.generation_model(model)
@@ -214,7 +217,8 @@ def run_job(
                 resume = {"on_step": on_step, "start_step": start_step, "start_total": start_total, "should_stop": should_stop}
                 try:
                     if speed.fast:
-                        loss = fast.train_epoch(model, train_loader, optimizer, device, speed, description, loss_fn=loss_fn, **resume)
+                        loss = fast.train_epoch(model, train_loader, optimizer, device, speed, description, loss_fn=loss_fn, step=graphed,
+                                               **resume)
                     else:
                         loss = train_epoch(model, train_loader, optimizer, device, speed.precision, description, **resume)
                 except StopEpoch as halt:
@@ -267,7 +271,7 @@ def run_job(
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
         "wall_seconds": prior_wall + time.perf_counter() - started,
         "resumed_from": resumed_from,
-        "speed": speed.describe(),
+        "speed": {**speed.describe(), **({"cuda_graphs": graphed.describe()} if graphed is not None else {})},
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "artifact": Path(artifact).name if artifact else None,
         "artifact_bytes": results_mod.disk_bytes(artifact),

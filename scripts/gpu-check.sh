@@ -11,7 +11,7 @@
 #      stops at once unless transformers 4.57.6 imports, and ends within --budget seconds (default 420) whatever
 #      happens: each step has a timeout, a failed step is reported and the next one runs.
 #   3. the files come back from $OUT (at most 8): BENCHMARKS.md, gpu-check.log, tables.md, bench.md, bench.json,
-#      summary.json, bench-compile.md, pytest.log. BENCHMARKS.md is for results/BENCHMARKS.md.
+#      summary.json, equivalence.md, bench-eager.md. BENCHMARKS.md is for results/BENCHMARKS.md.
 #
 # Elsewhere: bash scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--budget S] [--concurrency K] [--work DIR]
 #            [--epochs E] [--train-limit N] [--eval-limit M]
@@ -27,6 +27,8 @@
 # reviews decoded) + zero-shot = 1,280 steps (~83 s at 65 ms) + 21 passes over 2,048 reviews (~28 s at 0.64 ms per
 # review) = about 2 minutes of train + eval, plus per-job setup (load, tokenize, checkpoint): 2 to 3 minutes in all.
 # The whole script: about 7 minutes (the budget; the compile bench at the end takes what is left), 8 at worst.
+# Order: stack check, assets, the graphs-vs-eager equivalence (correctness before speed), bench, run-all, then the
+# fast path without graphs and with torch.compile for comparison while the budget lasts.
 set -uo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.." || exit 1
@@ -49,11 +51,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$QUICK" = 1 ]; then
-  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16
+  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8
   EPOCHS=${EPOCHS:-1} TRAIN_LIMIT=${TRAIN_LIMIT:-64} EVAL_LIMIT=${EVAL_LIMIT:-32}
   MODEL_DESC="bench's small shape (2+2 blocks, d_model 64, 32,128-token vocabulary)"
 else
-  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048
+  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft
   EPOCHS=${EPOCHS:-2} TRAIN_LIMIT=${TRAIN_LIMIT:-2048} EVAL_LIMIT=${EVAL_LIMIT:-2048}
   MODEL_DESC="t5-small's exact shapes (60,506,624 parameters)"
 fi
@@ -63,15 +65,15 @@ START=$(date +%s)
 mkdir -p "$WORK" || exit 1
 WORK=$(cd "$WORK" && pwd)
 rm -rf "$WORK/runall" "$WORK/cache"
-rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary.json,bench-compile.md,pytest.log} \
-  "$WORK"/{assets.txt,pytest-section.md}
+rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary.json,equivalence.md,bench-eager.md} \
+  "$WORK"/{assets.txt,bench-compile.md}
 LOG=$WORK/gpu-check.log
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PTUNING_CACHE="$WORK/cache"
 
 publish() {  # what has been measured so far, to $OUT (the device tool brings back at most 8 files)
   [ -n "${OUT:-}" ] || return 0
   mkdir -p "$OUT"
-  for f in BENCHMARKS.md gpu-check.log tables.md bench.md bench.json summary.json bench-compile.md pytest.log; do
+  for f in BENCHMARKS.md gpu-check.log tables.md bench.md bench.json summary.json equivalence.md bench-eager.md; do
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
   done
   return 0
@@ -157,13 +159,19 @@ EOF
   if [ -z "$data" ]; then echo "gpu-check: no assets; stopping"; return 1; fi
   echo "assets: model $model, data $data"
 
-  # -- 3. bench: the exercise's loop vs the fast path, one run (its projection is what the run-all is compared with)
+  # -- 3. correctness first: training with the step as CUDA graphs vs eagerly, dropout off (same losses?)
+  step equivalence 120 300 - "$PY" -m ptuning.gpucheck equivalence --device "$DEVICE" --steps "$EQ_STEPS" --size "$SIZE" \
+    --rows "$EQ_ROWS" --output "$WORK/equivalence.md"
+  echo "equivalence step: $STATUS" >> "$WORK/equivalence.md"
+  publish
+
+  # -- 4. bench: the exercise's loop vs the fast path, one run (its projection is what the run-all is compared with)
   step bench 180 240 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews "$BENCH_EVAL" \
     --rows full_ft,lora_8_peft --output "$WORK/bench.md" --json "$WORK/bench.json"
   BENCH_STATUS=$STATUS
   publish
 
-  # -- 4. the scaled-down run-all over every row, timed
+  # -- 5. the scaled-down run-all over every row, timed
   local t0
   t0=$(date +%s.%N)
   step run-all 330 40 - "$PY" -m ptuning.cli run-all --model "$model" --dataset "$data" --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" \
@@ -176,26 +184,22 @@ EOF
   write_report
   publish
 
-  # -- 5. if the budget allows: the exactness tests under this stack (CPU), then the fast path with torch.compile
-  if [ "$QUICK" = 0 ]; then
-    step pytest 120 60 "$WORK/pytest.log" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_fast.py \
-      -k "greedy or fast_predict or bucket or fast_training"
-    echo "pytest ($STATUS): $(tail -1 "$WORK/pytest.log" 2>/dev/null)"
-    local fence='```'
-    { echo "pytest step: $STATUS"; [ -f "$WORK/pytest.log" ] && printf '\n%s\n%s\n%s\n' "$fence" "$(tail -3 "$WORK/pytest.log")" "$fence"; } \
-      > "$WORK/pytest-section.md"
-    if [[ $DEVICE == cuda* ]]; then
-      step bench-compile 200 20 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews 512 \
-        --rows full_ft --compile --output "$WORK/bench-compile.md"
-      echo "bench-compile step: $STATUS" >> "$WORK/bench-compile.md"
-    fi
-    if [ -f "$WORK/pytest.log" ] || [ -f "$WORK/bench-compile.md" ]; then write_report; fi
+  # -- 6. if the budget allows: the fast path without CUDA graphs (what the graphs bring), then with torch.compile
+  if [ "$QUICK" = 0 ] && [[ $DEVICE == cuda* ]]; then
+    step bench-eager 120 60 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps 30 --eval-reviews 512 \
+      --rows full_ft,lora_8_peft --no-cuda-graphs --output "$WORK/bench-eager.md"
+    echo "bench-eager step: $STATUS" >> "$WORK/bench-eager.md"
+    step bench-compile 200 20 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews 512 \
+      --rows full_ft --compile --output "$WORK/bench-compile.md"
+    echo "bench-compile step: $STATUS" >> "$WORK/bench-compile.md"
+    write_report
   fi
   echo "gpu-check: done in $(( $(date +%s) - START )) s; $WORK/BENCHMARKS.md"
 }
 
 write_report() {
-  local extra=(--extra "fast path's exactness tests (tests/test_fast.py, CPU, this stack)=$WORK/pytest-section.md"
+  local extra=(--extra "training with CUDA graphs vs eagerly, same weights and data, dropout off=$WORK/equivalence.md"
+               --extra "bench of the fast path without CUDA graphs (--no-cuda-graphs)=$WORK/bench-eager.md"
                --extra "bench with --compile (torch.compile reduce-overhead over length buckets)=$WORK/bench-compile.md")
   timeout 45 "$PY" -m ptuning.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \
     --results "$WORK/runall" ${WALL:+--wall "$WALL"} --runall-status "$RUNALL_STATUS" --card "$CARD" --device "$DEVICE" \

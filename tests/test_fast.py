@@ -169,7 +169,7 @@ def _losses(precision: str, fast_path: bool):
                                          collate_fn=data.Collator(0))
     losses: list[float] = []
     if fast_path:
-        plan = fast.Plan(fast=True, precision=precision, compile=False, eval_batch_size=512, pin_memory=False,
+        plan = fast.Plan(fast=True, precision=precision, compile=False, graphs=False, eval_batch_size=512, pin_memory=False,
                          fused_adamw=False, sync_every=2)
         mean = fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v))
     else:
@@ -196,6 +196,9 @@ def test_plan_resolves_auto_per_device():
     assert fast.plan(job.override(speed="fast", precision="bf16"), CPU).precision == "bf16"
     cuda = fast.plan(job, torch.device("cuda"))  # planning only: nothing touches a GPU
     assert (cuda.fast, cuda.precision, cuda.eval_batch_size, cuda.fused_adamw, cuda.pin_memory) == (True, "bf16", 512, True, True)
+    assert cuda.graphs and not cpu.graphs and not forced.graphs  # CUDA graphs: the fast path's default, on CUDA only
+    assert not fast.plan(job.override(cuda_graphs=False), torch.device("cuda")).graphs
+    assert not fast.plan(job.override(compile=True), torch.device("cuda")).graphs  # compile is used instead
     faithful = fast.plan(job.override(speed="faithful"), torch.device("cuda"))
     assert (faithful.fast, faithful.precision) == (False, "fp32")
 

@@ -42,9 +42,9 @@ def test_t5_small_shaped_assets_load_with_t5_small_counts_and_imdb_lengths(tmp_p
 
 BENCH = {"rows": {
     "full_ft": {"faithful": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0014},
-                "fast": {"step_seconds": 0.060, "eval_seconds_per_review": 0.0006}},
+                "fast": {"step_seconds": 0.060, "eval_seconds_per_review": 0.0006, "setup_seconds": 0.5}},
     "lora_8_peft": {"faithful": {"step_seconds": 0.080, "eval_seconds_per_review": 0.0016},
-                    "fast": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0008}},
+                    "fast": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0008, "setup_seconds": 0.3}},
 }}
 
 
@@ -60,11 +60,12 @@ def _result(job, row, epochs, train, evals, status="completed", path="fast", pea
 def test_projection_uses_the_benched_row_or_the_mean_on_the_jobs_path():
     from ptuning.gpucheck import project_job, rates
 
-    assert rates(BENCH, "fast", "full_ft") == (0.060, 0.0006)
-    assert rates(BENCH, "fast", "adapter_8") == pytest.approx((0.065, 0.0007))
+    assert rates(BENCH, "fast", "full_ft") == (0.060, 0.0006, 0.5)
+    assert rates(BENCH, "fast", "adapter_8") == pytest.approx((0.065, 0.0007, 0.4))
+    assert rates(BENCH, "faithful", "full_ft") == (0.070, 0.0014, 0.0)  # a bench without warm-up numbers: none added
     assert rates({}, "fast") is None
-    # 2 epochs x ceil(1000 / 32) = 64 steps; 2 passes over 500 reviews
-    assert project_job(BENCH, _result("full_ft", 1, 2, 0, 0), 1000, 500) == pytest.approx(64 * 0.060 + 1000 * 0.0006)
+    # 2 epochs x ceil(1000 / 32) = 64 steps; 2 passes over 500 reviews; the warm-up's extra cost once
+    assert project_job(BENCH, _result("full_ft", 1, 2, 0, 0), 1000, 500) == pytest.approx(64 * 0.060 + 1000 * 0.0006 + 0.5)
     assert project_job(BENCH, _result("adapter_8", 5, 2, 0, 0, path="faithful"), 1000, 500) == pytest.approx(64 * 0.075 + 1000 * 0.0015)
     assert project_job(BENCH, _result("zero_shot", 0, 0, 0, 0), 1000, 500) == pytest.approx(500 * 0.0007)  # one pass, no steps
 
@@ -73,7 +74,7 @@ def test_comparison_and_report_say_within_20_percent_or_not():
     from ptuning.gpucheck import comparison, report
 
     results = [_result("zero_shot", 0, 0, 0.0, 0.4), _result("full_ft", 1, 2, 3.9, 1.2, peak=int(1.5 * GIB))]
-    projected = 500 * 0.0007 + 64 * 0.060 + 1000 * 0.0006
+    projected = 500 * 0.0007 + 64 * 0.060 + 1000 * 0.0006 + 0.5
     comp = comparison(BENCH, results, 1000, 500, wall=projected * 1.5, expected_jobs=2)
     assert comp["complete"] and comp["projected"] == pytest.approx(projected)
     assert comp["measured"] == pytest.approx(5.5) and comp["measured_within"] is (abs(5.5 / projected - 1) <= 0.2)
@@ -120,14 +121,17 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "installing" not in proc.stdout  # transformers 4.57.6 already: no wheels
     assert "transformers: 4.57.6" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "bench.json", "bench.md", "gpu-check.log", "summary.json", "tables.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "bench.json", "bench.md", "equivalence.md", "gpu-check.log",
+                                                     "summary.json", "tables.md"]
+    equivalence = (out / "equivalence.md").read_text()
+    assert "| lora_8 | fp32 |" in equivalence and "| lora_8 | bf16 |" in equivalence and "equivalence step: completed" in equivalence
     summary = json.loads((out / "summary.json").read_text())
     comp = summary["comparison"]
     assert comp["complete"] and len(comp["jobs"]) == 11 and all(j["status"] == "completed" for j in comp["jobs"])
     assert comp["projected"] > 0 and comp["measured"] > 0 and comp["wall"] > comp["measured"]
     assert {j["speed"]["path"] for j in comp["jobs"]} == {"faithful"}  # what `auto` runs on CPU
     text = (out / "BENCHMARKS.md").read_text()
-    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
+    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
                    "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
         assert needle in text, needle
     assert "lora_1_peft" in (out / "tables.md").read_text()

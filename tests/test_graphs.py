@@ -1,0 +1,151 @@
+"""The CUDA-graph training step (ptuning/graphs.py), on CPU: what a capture needs is checked without a GPU.
+
+* `shift_right` makes T5's decoder inputs, and `step_loss` gives every job's method the loss `model(**batch)`
+  gives, exactly (same dropout draws).
+* The step makes no host synchronisation and no host-to-device copy, for every method: the ops that do
+  (`.item()`, `nonzero`, a Python scalar lifted into a tensor and copied) are caught by a dispatch mode, and
+  the same mode catches T5's own `_shift_right` and training-time KV cache, the spots that made whole-step
+  capture fail on 4.57.6.
+* `GraphedTrainStep` (eager on CPU) trains like the fast path's eager loop through `train_epoch` (to float
+  rounding: without the KV cache the backward sums some gradient terms in another order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import traceback
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import T5ForConditionalGeneration
+
+from ptuning import data, fast
+from ptuning.graphs import GraphedTrainStep, decoder_special_ids, shift_right, step_loss
+from ptuning.jobs import load_all_jobs, load_job
+from ptuning.methods import build_method
+from ptuning.tiny import tiny_t5_config
+from ptuning.train import make_optimizer
+
+from .conftest import JOBS
+
+VOCAB = 128
+CPU = torch.device("cpu")
+TRAINED = [job for job in load_all_jobs(JOBS) if build_method(job.method, job.implementation, job.knobs).trains]
+#: aten ops that synchronise with the host or copy host data to the device when the tensors are on a GPU
+UNSAFE = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique2", "unique_consecutive",
+          "lift_fresh", "lift_fresh_copy", "_pin_memory"}
+
+
+class CaptureUnsafe(TorchDispatchMode):
+    """Records every capture-unsafe op run inside it, with the line of Python that ran it."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if name in UNSAFE:
+            frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and "test_graphs" not in f.filename]
+            self.found.append((name, f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else "?"))
+        return func(*args, **(kwargs or {}))
+
+
+def _model(job, seed=0):
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(tiny_t5_config(VOCAB))
+    method = build_method(job.method, job.implementation, job.knobs)
+    return method.apply(model).train(), method
+
+
+def _batch(n_placeholders, n=6, seed=0):
+    rng = random.Random(seed)
+    pairs = [([0] * n_placeholders + [rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 20))] + [1],
+              [rng.choice([5, 6]), 1] if i % 2 else [7, 1]) for i in range(n)]
+    return fast.BucketCollator(0, (32,), label_length=4)(pairs)
+
+
+def test_shift_right_equals_t5s():
+    model = T5ForConditionalGeneration(tiny_t5_config(VOCAB))
+    labels = torch.tensor([[5, 1, -100, -100], [6, 7, 1, -100], [-100, 3, 4, 1]])
+    start, pad = decoder_special_ids(model)
+    assert torch.equal(shift_right(labels, start, pad), model._shift_right(labels))
+
+
+@pytest.mark.parametrize("job", TRAINED, ids=lambda j: j.name)
+def test_step_loss_equals_the_models_loss_and_is_capture_safe(job):
+    model, method = _model(job)
+    batch = _batch(method.placeholder_tokens())
+    torch.manual_seed(1)
+    expected = model(**{k: v.clone() for k, v in batch.items()}).loss
+    start, pad = decoder_special_ids(model)
+    before = {k: v.clone() for k, v in batch.items()}
+    torch.manual_seed(1)
+    with CaptureUnsafe() as mode:
+        loss = step_loss(model, batch, start, pad)
+        loss.backward()
+    assert torch.equal(loss, expected)  # same decoder inputs, same dropout draws: the same loss, bit for bit
+    assert mode.found == []
+    assert all(torch.equal(batch[k], before[k]) for k in batch)  # a graph's static inputs are left as they were
+    assert any(p.grad is not None for _, p in method.trainable_parameters(model))
+
+
+def test_the_detector_finds_t5s_own_shift_right_and_training_cache():
+    """Without `step_loss`, the forward lifts host data into tensors (host-to-device copies on a GPU)."""
+    model, _ = _model(load_job("full_ft", JOBS))
+    with CaptureUnsafe() as mode:
+        model(**_batch(0)).loss.backward()
+    assert any(name.startswith("lift_fresh") and "decoder_start_token_id" in where for name, where in mode.found), mode.found
+    assert any(name.startswith("lift_fresh") and "torch.tensor([]" in where for name, where in mode.found), mode.found
+    with CaptureUnsafe() as mode:
+        torch.tensor([1.0, 2.0]).sum().item()
+    assert [name for name, _ in mode.found] == ["lift_fresh", "_local_scalar_dense"]
+
+
+def _train(use_step: bool, job_name: str):
+    job = load_job(job_name, JOBS)
+    model, method = _model(job, seed=3)
+    rng = random.Random(0)
+    n = method.placeholder_tokens()
+    pairs = [([0] * n + [rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 40))] + [1], [5 + i % 2, 1]) for i in range(20)]
+    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                         collate_fn=fast.BucketCollator(0, (32, 64), label_length=3))
+    plan = fast.Plan(fast=True, precision="fp32", compile=False, graphs=use_step, eval_batch_size=512, pin_memory=False,
+                     fused_adamw=False, sync_every=1)
+    step = GraphedTrainStep(model, optimizer, CPU, "fp32") if use_step else None
+    losses: list[float] = []
+    torch.manual_seed(5)
+    mean = fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v), step=step)
+    assert mean == pytest.approx(sum(losses) / len(losses))
+    if step is not None:
+        assert step.describe() == {"graphs": 0, "replays": 0, "eager_steps": 4, "failure": None}  # CPU: nothing captured
+    return losses, [p.detach().clone() for _, p in method.trainable_parameters(model)]
+
+
+@pytest.mark.parametrize("job_name", ["full_ft", "lora_8_peft", "soft_prompt_10_opendelta"])
+def test_graphed_step_trains_like_the_eager_fast_loop(job_name):
+    eager_losses, eager_params = _train(False, job_name)
+    step_losses, step_params = _train(True, job_name)
+    assert len(step_losses) == 4
+    assert step_losses == pytest.approx(eager_losses, rel=1e-5)
+    for a, b in zip(eager_params, step_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_stop_request_after_a_graphed_step_reports_the_applied_steps():
+    from ptuning.train import StopEpoch
+
+    job = load_job("lora_8", JOBS)
+    model, method = _model(job)
+    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
+    pairs = [([3, 4, 5, 1], [5, 1])] * 12
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4, collate_fn=data.Collator(0))
+    plan = dataclasses.replace(fast.plan(job.override(speed="fast"), CPU), graphs=True)
+    step = GraphedTrainStep(model, optimizer, CPU, "fp32")
+    calls = []
+    with pytest.raises(StopEpoch) as stopped:
+        fast.train_epoch(model, loader, optimizer, CPU, plan, step=step, should_stop=lambda: calls.append(1) or len(calls) == 2)
+    assert stopped.value.steps == 2 and step.eager_steps == 2
