@@ -110,19 +110,25 @@ class GraphedTrainStep:
         torch.cuda.current_stream(self.device).wait_stream(self._side)
         return loss
 
+    def _record(self, fn: Callable[[], torch.Tensor]):
+        """(graph, output): `fn`'s kernels captured, not run (its output tensor is filled by each replay)."""
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = fn()
+        return graph, out
+
     def _capture(self, key: tuple, batch: dict[str, torch.Tensor]) -> None:
         static = {k: v.detach().clone() for k, v in batch.items()}
-        graph = torch.cuda.CUDAGraph()
         try:
-            torch.cuda.synchronize(self.device)
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                loss = self._step(static)
+            graph, loss = self._record(lambda: self._step(static))
         except Exception as exc:  # an optimisation: say why once, then train eagerly
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             self.failure = f"{type(exc).__name__}: {first}"
             if self.echo:
                 self.echo(f"CUDA graph capture failed ({self.failure}); training eagerly")
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=False)
             return
         self.pool = graph.pool()

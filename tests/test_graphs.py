@@ -149,3 +149,72 @@ def test_stop_request_after_a_graphed_step_reports_the_applied_steps():
     with pytest.raises(StopEpoch) as stopped:
         fast.train_epoch(model, loader, optimizer, CPU, plan, step=step, should_stop=lambda: calls.append(1) or len(calls) == 2)
     assert stopped.value.steps == 2 and step.eager_steps == 2
+
+
+class _ReplayedGraph:
+    """A CPU stand-in for a captured graph: `replay()` runs the recorded step again and fills the same output."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out = fn, out
+
+    def replay(self):
+        self.out.copy_(self.fn())
+
+    def pool(self):
+        return "pool"
+
+
+def _fake_capture(monkeypatch, fail: Exception | None = None):
+    """Make GraphedTrainStep capture on CPU: recording runs nothing (as on a GPU), each replay runs the step."""
+    records = []
+
+    def record(self, fn):
+        records.append(fn)
+        if fail is not None:
+            raise fail
+        out = torch.zeros(())
+        return _ReplayedGraph(fn, out), out
+
+    monkeypatch.setattr(GraphedTrainStep, "_record", record)
+    return records
+
+
+def _train_with(monkeypatch_capture, job_name="lora_8", n_reviews=20):
+    job = load_job(job_name, JOBS)
+    model, method = _model(job, seed=3)
+    rng = random.Random(0)
+    pairs = [([rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 40))] + [1], [5 + i % 2, 1]) for i in range(n_reviews)]
+    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                         collate_fn=fast.BucketCollator(0, (32, 64), label_length=3))
+    plan = fast.Plan(fast=True, precision="fp32", compile=False, graphs=True, eval_batch_size=512, pin_memory=False,
+                     fused_adamw=False, sync_every=1)
+    messages: list[str] = []
+    step = GraphedTrainStep(model, optimizer, CPU, "fp32", messages.append)
+    step.capture = monkeypatch_capture
+    losses: list[float] = []
+    torch.manual_seed(5)
+    for _ in range(2):  # two epochs: the graphs of the first are replayed in the second
+        fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v), step=step)
+    return losses, [p.detach().clone() for _, p in method.trainable_parameters(model)], step, messages
+
+
+def test_replayed_steps_read_each_new_batch_and_train_like_eager_steps(monkeypatch):
+    eager_losses, eager_params, eager_step, _ = _train_with(False)
+    records = _fake_capture(monkeypatch)
+    losses, params, step, messages = _train_with(True)
+    shapes = len(step.graphs)
+    assert shapes >= 2 and len(records) == shapes  # one capture per batch shape (buckets 32/64, a short last batch)
+    assert step.eager_steps == shapes and step.replays == len(losses) - shapes == 8 - shapes
+    assert losses == eager_losses  # each replay trained on its own batch, copied into the static inputs
+    assert all(torch.equal(a, b) for a, b in zip(params, eager_params)) and messages == []
+
+
+def test_a_failed_capture_says_why_once_and_training_goes_on_eagerly(monkeypatch):
+    eager_losses, eager_params, _, _ = _train_with(False)
+    records = _fake_capture(monkeypatch, fail=RuntimeError("operation not permitted when stream is capturing\nmore"))
+    losses, params, step, messages = _train_with(True)
+    assert len(records) == 1 and step.graphs == {} and step.replays == 0 and step.eager_steps == 8
+    assert step.failure == "RuntimeError: operation not permitted when stream is capturing"
+    assert messages == ["CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing); training eagerly"]
+    assert losses == eager_losses and all(torch.equal(a, b) for a, b in zip(params, eager_params))
