@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -87,6 +88,7 @@ class PathResult:
     predictions: list[str] = field(default_factory=list)
     note: str = ""
     setup_seconds: float = 0.0  # the warm-up's cost beyond its steps (capture, compile, lazy initialisation)
+    windows: dict = field(default_factory=dict)  # wall-clock (time.time) start and end of the timed train and eval parts
 
     @property
     def steps_per_second(self) -> float:
@@ -133,7 +135,8 @@ def _build(job, config, device: torch.device, seed: int):
 
 def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
                seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
-               fast_eval_batch_size: int = 512, cuda_graphs: bool = True) -> PathResult:
+               fast_eval_batch_size: int = 512, cuda_graphs: bool = True,
+               barrier: Callable[[str], None] | None = None) -> PathResult:
     """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast')."""
     from ptuning import fast
     from ptuning.evaluate import predict
@@ -200,15 +203,22 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     run(warmup_pairs)  # first steps: lazy initialisation, and a graph capture (or compile) per new batch shape
     _sync(device)
     warmup_seconds = time.perf_counter() - t0
+    if barrier is not None:  # several processes at once: each timed part starts when every process is ready for it
+        barrier("train")
+    windows = {"train_start": time.time()}
     t0 = time.perf_counter()
     run(train_pairs)
     _sync(device)
     step_seconds = (time.perf_counter() - t0) / max(n_steps, 1)
+    windows["train_end"] = time.time()
     # what the warm-up cost beyond its steps at the steady rate: once per run (per batch shape), on top of the steps
     setup_seconds = max(0.0, warmup_seconds - (len(warmup_pairs) // batch_size) * step_seconds)
 
     eval_ds = ListDataset(eval_pairs)
     _sync(device)
+    if barrier is not None:
+        barrier("eval")
+    windows["eval_start"] = time.time()
     t0 = time.perf_counter()
     if path == "faithful":
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
@@ -218,6 +228,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         predictions, _ = fast.fast_predict(model, eval_ds, tok, device, fast_eval_batch_size, 5, prec, "bench eval")
     _sync(device)
     eval_seconds = time.perf_counter() - t0
+    windows["eval_end"] = time.time()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     note = ""
     if path == "fast" and graphed is not None:
@@ -225,7 +236,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
             description += f"; **graph capture failed, trained eagerly**: {graphed.failure}"
         else:
             description += f"; {len(graphed.graphs)} graph(s), {graphed.replays} replays"
-    if path == "fast":  # the decode itself vs generate, at the fast path's own precision (untimed)
+    if path == "fast" and barrier is None:  # the decode itself vs generate, at the fast path's own precision (untimed)
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
         reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
         note = "yes" if reference == predictions else "NO"
@@ -233,7 +244,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
-                      setup_seconds)
+                      setup_seconds, windows)
 
 
 class _JobLike:
@@ -344,8 +355,11 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
 def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: Sequence[str] = ("full_ft",),
               batch_size: int = 32, max_length: int = 256, eval_reviews: int | None = None, warmup: int | None = None,
               precision: str = "auto", compile: bool = False, cuda_graphs: bool = True, seed: int = 0, jobs_dir=None,
-              echo: Callable[[str], None] = print, data: dict | None = None) -> str:
-    """Bench `rows` on both paths; returns the markdown report (and fills `data`, if given, with `summary`)."""
+              echo: Callable[[str], None] = print, data: dict | None = None, concurrency: int = 1) -> str:
+    """Bench `rows` on both paths; returns the markdown report (and fills `data`, if given, with `summary`).
+
+    With `concurrency` K > 1, K processes then bench the fast path on the first row together (`concurrent_fast`).
+    """
     from ptuning.jobs import load_job
     from ptuning.methods import count_parameters
     from ptuning.tiny import t5_small_config
@@ -371,12 +385,165 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
             pair.append(bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
                                    job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512), cuda_graphs))
         results[job.name] = tuple(pair)
+    text = markdown(results, device, size, params, steps, batch_size, eval_reviews, max_length)
+    together = None
+    if concurrency > 1:
+        first = next(iter(results))
+        echo(f"bench: {first}, fast path, {concurrency} processes at once: {steps} timed steps, {eval_reviews} eval reviews each")
+        try:
+            together = concurrent_fast(device, size, steps, first, concurrency, batch_size, max_length, eval_reviews, precision,
+                                       cuda_graphs, seed, jobs_dir)
+            faithful, single = results[first]
+            text += "\n" + "\n".join(concurrency_markdown(together, single, faithful))
+        except (RuntimeError, OSError, ValueError) as exc:
+            together = {"concurrency": concurrency, "error": str(exc)}
+            text += f"\n## {first}: {concurrency} processes at once\n\n**failed**: {exc}\n"
     if data is not None:
         data.update(summary(results, device, size, params, steps, batch_size, eval_reviews, max_length))
-    return markdown(results, device, size, params, steps, batch_size, eval_reviews, max_length)
+        if together is not None:
+            data["concurrent"] = together
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# several jobs at once: K processes bench the fast path together (`ptuning bench --concurrency K`)
+
+
+def file_barrier(directory: Path, index: int, count: int, timeout: float = 600.0) -> Callable[[str], None]:
+    """A barrier between `count` processes through marker files in `directory` (tag.index)."""
+
+    def wait(tag: str) -> None:
+        (directory / f"{tag}.{index}").touch()
+        deadline = time.monotonic() + timeout
+        while len(list(directory.glob(f"{tag}.*"))) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bench worker {index}: the other processes never reached {tag!r}")
+            time.sleep(0.02)
+
+    return wait
+
+
+def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count: int, batch_size: int, max_length: int,
+                    eval_reviews: int, precision: str, cuda_graphs: bool, seed: int = 0, jobs_dir=None,
+                    timeout: float = 900.0) -> dict:
+    """`count` processes bench the fast path on `row` together; their aggregate step and review rates.
+
+    Each process warms up alone, then all start the timed steps together, and then all start decoding together
+    (file barriers); the aggregate rate is all processes' steps (reviews) over the wall time from the first start
+    to the last end. Raises RuntimeError with the failing worker's last output line if one fails.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ptuning-bench-") as tmp:
+        work = Path(tmp)
+        procs = []
+        for i in range(count):
+            cmd = [sys.executable, "-m", "ptuning.bench", "--barrier", str(work), "--index", str(i), "--count", str(count),
+                   "--device", str(device), "--size", size, "--steps", str(steps), "--row", row, "--batch-size", str(batch_size),
+                   "--max-length", str(max_length), "--eval-reviews", str(eval_reviews), "--precision", precision,
+                   "--seed", str(seed + i), "--output", str(work / f"worker{i}.json")]
+            cmd += [] if cuda_graphs else ["--no-cuda-graphs"]
+            cmd += ["--jobs-dir", str(jobs_dir)] if jobs_dir else []
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        deadline = time.monotonic() + timeout
+        try:
+            while any(p.poll() is None for p in procs):
+                failed = [p for p in procs if p.poll() not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            outputs = [p.communicate()[0] for p in procs]
+        bad = [(i, p.returncode, out) for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+        if bad:
+            i, code, out = bad[0]
+            last = (out or "").strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"bench worker {i} of {count} exited with {code}: {last[0]}")
+        workers = [json.loads((work / f"worker{i}.json").read_text()) for i in range(count)]
+    w = [x["windows"] for x in workers]
+    train_wall = max(x["train_end"] for x in w) - min(x["train_start"] for x in w)
+    eval_wall = max(x["eval_end"] for x in w) - min(x["eval_start"] for x in w)
+    steps_per_second = count * steps / train_wall
+    reviews_per_second = count * eval_reviews / eval_wall
+    setup = sum(x["setup_seconds"] for x in workers) / count
+    table = (TABLE_ROWS * TABLE_EPOCHS * (EPOCH_STEPS / steps_per_second + EVAL_REVIEWS / reviews_per_second)
+             + TABLE_ROWS * setup / count)
+    return {"concurrency": count, "row": row, "steps": steps, "eval_reviews": eval_reviews,
+            "aggregate_steps_per_second": steps_per_second, "aggregate_reviews_per_second": reviews_per_second,
+            "train_wall_seconds": train_wall, "eval_wall_seconds": eval_wall, "setup_seconds": setup,
+            "peak_memory_bytes": [x["peak_memory_bytes"] for x in workers], "description": workers[0]["description"],
+            "table_seconds": table}
+
+
+def concurrency_markdown(c: dict, single: PathResult, faithful: PathResult) -> list[str]:
+    k = c["concurrency"]
+    mem = ", ".join(f"{m / 2**30:.2f} GiB" for m in c["peak_memory_bytes"] if m is not None) or "–"
+    rows = [
+        ("training steps/s (all processes)", f"{single.steps_per_second:.2f}", f"{c['aggregate_steps_per_second']:.2f}",
+         c["aggregate_steps_per_second"] / single.steps_per_second),
+        ("eval reviews/s (all processes)", f"{single.eval_reviews / single.eval_seconds:,.0f}", f"{c['aggregate_reviews_per_second']:,.0f}",
+         c["aggregate_reviews_per_second"] / (single.eval_reviews / single.eval_seconds)),
+        ("whole table (projected)", _fmt_seconds(single.table_seconds), _fmt_seconds(c["table_seconds"]),
+         single.table_seconds / c["table_seconds"]),
+    ]
+    return [
+        f"## {c['row']}: {k} processes at once (`run-all --concurrency {k}`), fast path",
+        "",
+        f"- {k} processes each warm up alone, then train {c['steps']} steps together, then decode {c['eval_reviews']} reviews "
+        f"together; rates are all processes' work over the wall time from the first start to the last end",
+        f"- fast path: {c['description']}; peak memory per process: {mem}",
+        f"- whole table at --concurrency {k}: 10 rows × 10 epochs of work at these aggregate rates + each row's warm-up "
+        f"cost / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
+        f"({_fmt_seconds(faithful.table_seconds)}): **{faithful.table_seconds / c['table_seconds']:.2f}×**",
+        "",
+        f"| metric | one process | {k} at once | gain |",
+        "|---|---|---|---|",
+        *[f"| {m} | {x} | {y} | {r:.2f}× |" for m, x, y, r in rows],
+        "",
+    ]
+
+
+def _worker(argv: list[str] | None = None) -> int:
+    """One of `concurrent_fast`'s processes: the fast path on one row, timed parts behind barriers, JSON out."""
+    import argparse
+    import json
+
+    from ptuning.jobs import load_job
+    from ptuning.tiny import t5_small_config
+
+    parser = argparse.ArgumentParser(prog="python -m ptuning.bench")
+    for name, kind in (("--barrier", str), ("--index", int), ("--count", int), ("--device", str), ("--size", str), ("--steps", int),
+                       ("--row", str), ("--batch-size", int), ("--max-length", int), ("--eval-reviews", int), ("--precision", str),
+                       ("--seed", int), ("--output", str), ("--jobs-dir", str)):
+        parser.add_argument(name, type=kind, required=name != "--jobs-dir")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    a = parser.parse_args(argv)
+    device = torch.device(a.device)
+    config = t5_small_config() if a.size == "t5-small" else small_config()
+    job = load_job(a.row, Path(a.jobs_dir) if a.jobs_dir else None)
+    n = job_placeholders(job)
+    warmup = 3 if device.type == "cuda" else 1
+    train = synthetic_examples(a.steps * a.batch_size, a.max_length, config.vocab_size, n, a.seed + 1)
+    warm = synthetic_examples(warmup * a.batch_size, a.max_length, config.vocab_size, n, a.seed + 2)
+    evals = synthetic_examples(a.eval_reviews, a.max_length, config.vocab_size, n, a.seed + 3)
+    r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,
+                   job.settings.get("fast_eval_batch_size", 512), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
+    Path(a.output).write_text(json.dumps({"step_seconds": r.step_seconds, "eval_seconds": r.eval_seconds, "windows": r.windows,
+                                          "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_memory,
+                                          "description": r.description}))
+    return 0
 
 
 def job_placeholders(job) -> int:
     from ptuning.methods import build_method
 
     return build_method(job.method, job.implementation, job.knobs).placeholder_tokens()
+
+
+if __name__ == "__main__":  # pragma: no cover - run by concurrent_fast's subprocesses
+    sys.exit(_worker())

@@ -264,12 +264,13 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Fast path precision.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="Fast path: torch.compile over length buckets (CUDA only).")
 @click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=True, show_default=True, help="Fast path on CUDA: the training step as CUDA graphs.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Also bench K processes at once on the first row's fast path (run-all --concurrency K).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the markdown to this file.")
 @click.option("--json", "json_output", type=click.Path(dir_okay=False), help="Also write the measurements as JSON to this file.")
 @click.pass_context
 def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: str, batch_size: int, max_length: int,
           eval_reviews: int | None,
-          precision: str, compile_: bool, cuda_graphs: bool, output: str | None, json_output: str | None) -> None:
+          precision: str, compile_: bool, cuda_graphs: bool, concurrency: int, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
     from ptuning.bench import run_bench
     from ptuning.runner import resolve_device
@@ -281,7 +282,7 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
     data: dict = {}
     text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
                      [r.strip() for r in rows.split(",") if r.strip()], batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
-                     compile=compile_, cuda_graphs=cuda_graphs, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
+                     compile=compile_, cuda_graphs=cuda_graphs, concurrency=concurrency, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
     click.echo(text)
     for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):
         if path:

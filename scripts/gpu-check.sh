@@ -51,11 +51,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$QUICK" = 1 ]; then
-  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8
+  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8 BENCH_K=2
   EPOCHS=${EPOCHS:-1} TRAIN_LIMIT=${TRAIN_LIMIT:-64} EVAL_LIMIT=${EVAL_LIMIT:-32}
   MODEL_DESC="bench's small shape (2+2 blocks, d_model 64, 32,128-token vocabulary)"
 else
-  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft
+  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft BENCH_K=4
   EPOCHS=${EPOCHS:-2} TRAIN_LIMIT=${TRAIN_LIMIT:-2048} EVAL_LIMIT=${EVAL_LIMIT:-2048}
   MODEL_DESC="t5-small's exact shapes (60,506,624 parameters)"
 fi
@@ -166,8 +166,9 @@ EOF
   publish
 
   # -- 4. bench: the exercise's loop vs the fast path, one run (its projection is what the run-all is compared with)
-  step bench 180 240 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews "$BENCH_EVAL" \
-    --rows full_ft,lora_8_peft --output "$WORK/bench.md" --json "$WORK/bench.json"
+  #    (and BENCH_K processes at once on full_ft's fast path: what run-all --concurrency K gains)
+  step bench 240 200 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps "$BENCH_STEPS" --eval-reviews "$BENCH_EVAL" \
+    --rows full_ft,lora_8_peft --concurrency "$BENCH_K" --output "$WORK/bench.md" --json "$WORK/bench.json"
   BENCH_STATUS=$STATUS
   publish
 

@@ -252,3 +252,28 @@ def test_bench_prints_both_paths(tmp_path):
     fast = measured["rows"]["full_ft"]["fast"]
     assert fast["step_seconds"] > 0 and fast["eval_seconds_per_review"] == pytest.approx(fast["eval_seconds"] / 8)
     assert fast["fast_decode_matches_generate"] is True and measured["rows"]["full_ft"]["faithful"]["peak_memory_bytes"] is None
+
+
+def test_bench_concurrency_runs_k_processes_together(tmp_path):
+    data = tmp_path / "bench.json"
+    result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32", "--rows", "lora_8",
+                     "--batch-size", "4", "--eval-reviews", "8", "--concurrency", "2", "--json", str(data))
+    assert result.exit_code == 0, result.output
+    assert "## lora_8: 2 processes at once (`run-all --concurrency 2`), fast path" in result.stdout
+    assert "| training steps/s (all processes) |" in result.stdout and "whole table at --concurrency 2" in result.stdout
+    together = json.loads(data.read_text())["concurrent"]
+    assert together["concurrency"] == 2 and together["row"] == "lora_8" and "error" not in together
+    # all processes' work over the shared wall time: 2 x 2 steps, 2 x 8 reviews
+    assert together["aggregate_steps_per_second"] == pytest.approx(4 / together["train_wall_seconds"])
+    assert together["aggregate_reviews_per_second"] == pytest.approx(16 / together["eval_wall_seconds"])
+    assert together["table_seconds"] > 0 and len(together["peak_memory_bytes"]) == 2
+
+
+def test_file_barrier_waits_for_every_process(tmp_path):
+    from ptuning.bench import file_barrier
+
+    first = file_barrier(tmp_path, 0, 2, timeout=0.2)
+    with pytest.raises(TimeoutError, match="never reached 'train'"):
+        first("train")  # the other process never came
+    (tmp_path / "eval.1").touch()
+    first("eval")  # it is there: no wait

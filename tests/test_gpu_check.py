@@ -131,7 +131,7 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     assert comp["projected"] > 0 and comp["measured"] > 0 and comp["wall"] > comp["measured"]
     assert {j["speed"]["path"] for j in comp["jobs"]} == {"faithful"}  # what `auto` runs on CPU
     text = (out / "BENCHMARKS.md").read_text()
-    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
+    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
                    "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
         assert needle in text, needle
     assert "lora_1_peft" in (out / "tables.md").read_text()
