@@ -218,3 +218,35 @@ def test_a_failed_capture_says_why_once_and_training_goes_on_eagerly(monkeypatch
     assert step.failure == "RuntimeError: operation not permitted when stream is capturing"
     assert messages == ["CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing); training eagerly"]
     assert losses == eager_losses and all(torch.equal(a, b) for a, b in zip(params, eager_params))
+
+
+def test_a_run_on_the_graphed_path_end_to_end(monkeypatch, tmp_path, tiny_model_dir, tiny_data_dir):
+    """`ptuning run` with the plan's graphs on (as on CUDA) and captures stood in for on CPU: the runner builds the
+    step, the loader pads to buckets, replays train, and the result JSON says what the graphs did."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ptuning.cli import main
+
+    real_plan, real_init = fast.plan, GraphedTrainStep.__init__
+    monkeypatch.setattr(fast, "plan", lambda job, device, echo=None: dataclasses.replace(real_plan(job, device, echo), graphs=True))
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.capture = True
+
+    monkeypatch.setattr(GraphedTrainStep, "__init__", init)
+    records = _fake_capture(monkeypatch)
+    out = tmp_path / "r"
+    result = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "run", "lora_8", "--model", str(tiny_model_dir), "--dataset",
+                                       str(tiny_data_dir), "--epochs", "2", "--train-limit", "24", "--eval-limit", "8", "--device", "cpu",
+                                       "--speed", "fast", "--output-dir", str(out)], env={"HF_HUB_OFFLINE": "1"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "lora_8" / "seed0" / "result.json").read_text())
+    graphs = record["speed"]["cuda_graphs"]
+    assert record["speed"]["graphs"] is True and graphs["failure"] is None
+    assert graphs["graphs"] == len(records) >= 1 and graphs["eager_steps"] == graphs["graphs"]
+    # 2 epochs x ceil(24 / batch 32) = 2 steps: the first captures its shape, the second replays it
+    assert graphs["replays"] + graphs["eager_steps"] == 2 * -(-24 // record["config"]["batch_size"])
+    assert all(e["train_loss"] is not None and e["train_loss"] == e["train_loss"] for e in record["epochs"])
