@@ -89,6 +89,7 @@ class PathResult:
     note: str = ""
     setup_seconds: float = 0.0  # the warm-up's cost beyond its steps (capture, compile, lazy initialisation)
     windows: dict = field(default_factory=dict)  # wall-clock (time.time) start and end of the timed train and eval parts
+    peak_reserved: int | None = None  # what the process held (a CUDA graph's pool included)
 
     @property
     def steps_per_second(self) -> float:
@@ -230,6 +231,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     eval_seconds = time.perf_counter() - t0
     windows["eval_end"] = time.time()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     note = ""
     if path == "fast" and graphed is not None:
         if graphed.failure:
@@ -244,7 +246,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
-                      setup_seconds, windows)
+                      setup_seconds, windows, reserved)
 
 
 class _JobLike:
@@ -297,13 +299,18 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
     ]
     for row, (a, b) in results.items():
         same = a.predictions == b.predictions
-        mem = lambda r: f"{r.peak_memory / 2**30:.2f} GiB" if r.peak_memory is not None else "–"  # noqa: E731
+
+        def mem(r: PathResult, what: str = "peak_memory") -> str:
+            value = getattr(r, what)
+            return f"{value / 2**30:.2f} GiB" if value is not None else "–"
+
         table = [
             ("train step", f"{a.step_seconds * 1e3:.1f} ms", f"{b.step_seconds * 1e3:.1f} ms", a.step_seconds / b.step_seconds),
             ("steps/s", f"{a.steps_per_second:.2f}", f"{b.steps_per_second:.2f}", b.steps_per_second / a.steps_per_second),
             ("tokens/s", f"{a.tokens_per_second:,.0f}", f"{b.tokens_per_second:,.0f}", b.tokens_per_second / a.tokens_per_second),
             ("achieved TFLOP/s (6·N·tokens)", f"{a.tflops:.3g}", f"{b.tflops:.3g}", b.tflops / a.tflops),
-            ("peak memory", mem(a), mem(b), None),
+            ("peak memory allocated", mem(a), mem(b), None),
+            ("peak memory reserved (what the process held)", mem(a, "peak_reserved"), mem(b, "peak_reserved"), None),
             ("warm-up beyond its steps (once per run and batch shape)", _fmt_seconds(a.setup_seconds), _fmt_seconds(b.setup_seconds), None),
             ("train epoch (782 steps, projected)", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
              a.epoch_train_seconds / b.epoch_train_seconds),
@@ -339,7 +346,7 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
         return {"description": r.description, "step_seconds": r.step_seconds, "tokens_per_step": r.tokens_per_step,
                 "eval_seconds": r.eval_seconds, "eval_reviews": r.eval_reviews, "eval_seconds_per_review": r.eval_seconds / r.eval_reviews,
                 "peak_memory_bytes": r.peak_memory, "tflops": r.tflops, "table_seconds": r.table_seconds,
-                "setup_seconds": r.setup_seconds,
+                "setup_seconds": r.setup_seconds, "peak_reserved_bytes": r.peak_reserved,
                 "fast_decode_matches_generate": {"yes": True, "NO": False}.get(r.note)}
 
     return {
@@ -496,7 +503,7 @@ def concurrency_markdown(c: dict, single: PathResult, faithful: PathResult) -> l
         "",
         f"- {k} processes each warm up alone, then train {c['steps']} steps together, then decode {c['eval_reviews']} reviews "
         f"together; rates are all processes' work over the wall time from the first start to the last end",
-        f"- fast path: {c['description']}; peak memory per process: {mem}",
+        f"- fast path: {c['description']}; peak memory reserved per process: {mem}",
         f"- whole table at --concurrency {k}: 10 rows × 10 epochs of work at these aggregate rates + each row's warm-up "
         f"cost / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
         f"({_fmt_seconds(faithful.table_seconds)}): **{faithful.table_seconds / c['table_seconds']:.2f}×**",
@@ -534,7 +541,7 @@ def _worker(argv: list[str] | None = None) -> int:
     r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,
                    job.settings.get("fast_eval_batch_size", 512), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
     Path(a.output).write_text(json.dumps({"step_seconds": r.step_seconds, "eval_seconds": r.eval_seconds, "windows": r.windows,
-                                          "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_memory,
+                                          "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_reserved or r.peak_memory,
                                           "description": r.description}))
     return 0
 

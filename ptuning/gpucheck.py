@@ -64,7 +64,8 @@ def comparison(bench: dict | None, results: list[dict], n_train: int, n_eval: in
         jobs.append({"job": res.get("job"), "status": res.get("status"), "speed": res.get("speed") or {},
                      "epochs": (res.get("config") or {}).get("epochs"), "train_seconds": res.get("train_seconds"),
                      "eval_seconds": res.get("eval_seconds"), "wall_seconds": res.get("wall_seconds"),
-                     "measured": measured, "projected": projected, "peak_gpu_memory_bytes": res.get("peak_gpu_memory_bytes")})
+                     "measured": measured, "projected": projected, "peak_gpu_memory_bytes": res.get("peak_gpu_memory_bytes"),
+                     "peak_gpu_memory_reserved_bytes": res.get("peak_gpu_memory_reserved_bytes")})
     complete = len(jobs) == expected_jobs and all(j["status"] == "completed" for j in jobs)
     projected = sum(j["projected"] for j in jobs) if jobs and all(j["projected"] is not None for j in jobs) else None
     measured = sum(j["measured"] for j in jobs) if complete else None
@@ -159,13 +160,14 @@ def report(*, card: str | None, bench: dict | None, bench_markdown: str | None, 
     lines += ["| what | time | vs projection |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
     if comp.get("jobs"):
         lines += ["| job | status | path, precision | epochs | train | eval | job wall (after load) | projected train + eval "
-                  "| measured / projected | peak GPU memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| measured / projected | peak GPU memory allocated | peak reserved (what the process held) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for j in comp["jobs"]:
             ratio = f"{j['measured'] / j['projected']:.2f}×" if j["measured"] is not None and j["projected"] else "–"
             speed = j["speed"]
             lines.append(f"| {j['job']} | {j['status']} | {speed.get('path', '–')}, {speed.get('precision', '–')} | {j['epochs']} "
                          f"| {_s(j['train_seconds'])} | {_s(j['eval_seconds'])} | {_s(j['wall_seconds'])} | {_s(j['projected'])} "
-                         f"| {ratio} | {_gib(j['peak_gpu_memory_bytes'])} |")
+                         f"| {ratio} | {_gib(j['peak_gpu_memory_bytes'])} | {_gib(j.get('peak_gpu_memory_reserved_bytes'))} |")
         lines.append("")
     else:
         lines += ["no job finished: nothing measured", ""]

@@ -96,7 +96,7 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
                 _fmt_count(params.get("trainable")),
                 _fmt_bytes(row.max_of("artifact_bytes")),
                 _fmt_seconds(row.mean_of("train_seconds")),
-                _fmt_bytes(row.max_of("peak_gpu_memory_bytes")),
+                _fmt_bytes(row.max_of("peak_gpu_memory_reserved_bytes") or row.max_of("peak_gpu_memory_bytes")),
             ]
         )
     return out

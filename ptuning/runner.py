@@ -273,6 +273,9 @@ def run_job(
         "resumed_from": resumed_from,
         "speed": {**speed.describe(), **({"cuda_graphs": graphed.describe()} if graphed is not None else {})},
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        # what the process held: also the memory a CUDA graph's private pool keeps for its replays, which the
+        # allocated figure does not count once the capture is over
+        "peak_gpu_memory_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
         "artifact": Path(artifact).name if artifact else None,
         "artifact_bytes": results_mod.disk_bytes(artifact),
         "environment": results_mod.environment(device),

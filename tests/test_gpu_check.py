@@ -54,7 +54,7 @@ def _result(job, row, epochs, train, evals, status="completed", path="fast", pea
             "wall_seconds": train + evals + 1,
             "epochs": [{"epoch": e, "train_seconds": train / max(epochs, 1), "eval_seconds": evals / max(epochs, 1)}
                        for e in range(max(epochs, 1))],
-            "peak_gpu_memory_bytes": peak}
+            "peak_gpu_memory_bytes": peak, "peak_gpu_memory_reserved_bytes": None if peak is None else 2 * peak}
 
 
 def test_projection_uses_the_benched_row_or_the_mean_on_the_jobs_path():
@@ -87,7 +87,7 @@ def test_comparison_and_report_say_within_20_percent_or_not():
     assert text.startswith("# ptuning GPU check on NVIDIA H100 80GB HBM3")
     assert "torch 2.11.0, transformers 4.57.6" in text and "## ptuning bench" in text  # bench headings demoted
     assert "1.50× projected; within 20%: **NO**" in text
-    assert "| full_ft | completed | fast, bf16 | 2 |" in text and "1.50 GiB" in text
+    assert "| full_ft | completed | fast, bf16 | 2 |" in text and "| 1.50 GiB | 3.00 GiB |" in text
     assert "19 passed" in text
 
     # a job short: no verdict, only what was measured

@@ -63,6 +63,16 @@ def test_result_files_of_several_seeds_aggregate_per_job_and_protocol(tmp_path):
     assert "| heldout " in next(x for x in text.splitlines() if "| full_ft " in x and "89.5" in x)
 
 
+def test_the_memory_column_shows_what_the_process_held_when_recorded(tmp_path):
+    """A CUDA graph's pool is reserved but not counted as allocated after its capture: the table shows reserved."""
+    for job, allocated, reserved in (("full_ft", 3 << 30, 5 << 30), ("lora_8", 2 << 30, None)):
+        record = run(job, 90.0, 0, peak_gpu_memory_bytes=allocated, peak_gpu_memory_reserved_bytes=reserved)
+        results.write_result(tmp_path / job / "seed0" / "result.json", record)
+    text = report.tables(load_all_jobs(JOBS), results.load_results(tmp_path))
+    assert re.search(r"\| 5\.0 GB\s+\|$", next(x for x in text.splitlines() if "| full_ft " in x))
+    assert re.search(r"\| 2\.0 GB\s+\|$", next(x for x in text.splitlines() if "| lora_8 " in x))  # older results: allocated
+
+
 def test_welch_p_values_match_closed_forms():
     # df = 1: p = 1 - (2/pi)·atan|t|; df = 2: p = 1 - |t|/sqrt(2 + t²)
     assert stats.t_two_sided_p(2.0, 1) == pytest.approx(1 - 2 / math.pi * math.atan(2.0), abs=1e-12)
