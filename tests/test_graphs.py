@@ -92,6 +92,20 @@ def test_step_loss_equals_the_models_loss_and_is_capture_safe(job):
     assert any(p.grad is not None for _, p in method.trainable_parameters(model))
 
 
+@pytest.mark.parametrize("job", TRAINED, ids=lambda j: j.name)
+def test_step_runs_on_the_meta_device(job):
+    """On `meta` tensors have shapes and no values: a host tensor flowing into the step (other than a 0-dim scalar,
+    which a GPU kernel takes as an argument) or a value read back would raise. Complements the dispatch check."""
+    model, method = _model(job)
+    start, pad = decoder_special_ids(model)
+    model.to("meta")
+    batch = {k: v.to("meta") for k, v in _batch(method.placeholder_tokens()).items()}
+    loss = step_loss(model, batch, start, pad)
+    loss.backward()
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for _, p in method.trainable_parameters(model))
+
+
 def test_the_detector_finds_t5s_own_shift_right_and_training_cache():
     """Without `step_loss`, the forward lifts host data into tensors (host-to-device copies on a GPU)."""
     model, _ = _model(load_job("full_ft", JOBS))
