@@ -9,7 +9,7 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test smoke run tables params clean
+.PHONY: help install test smoke run tables params bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ tables: install  ## print the accuracy and parameter tables from results/
 
 params: install  ## parameter counts of every job vs the analytic formulas (no download)
 	$(BIN)/ptuning params $(ARGS)
+
+bench: install  ## time the exercise's loop vs the fast path on this device (random weights, no download)
+	$(BIN)/ptuning bench --output $(RESULTS)/bench.md --json $(RESULTS)/bench.json $(ARGS)
 
 clean:  ## remove caches (keeps .venv and results)
 	rm -rf .pytest_cache .hypothesis build *.egg-info

@@ -37,3 +37,8 @@ def test_docker_run_one_job_and_variables():
 def test_local_run_targets():
     assert ".venv/bin/ptuning run-all --output-dir results" in dry_run("run", "-W", ".venv/bin/ptuning")
     assert ".venv/bin/ptuning run lora_8 --output-dir results" in dry_run("run", "JOB=lora_8", "-W", ".venv/bin/ptuning")
+
+
+def test_bench_target_writes_markdown_and_json_under_results():
+    line = dry_run("bench", "ARGS=--concurrency 4", "-W", ".venv/bin/ptuning")
+    assert ".venv/bin/ptuning bench --output results/bench.md --json results/bench.json --concurrency 4" in line
