@@ -400,26 +400,21 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
         if index < start_step:  # resuming: same shuffle order, skip the batches already trained on
             continue
         batch = {k: v.to(device, non_blocking=the_plan.pin_memory) for k, v in batch.items()}
-        if step is not None:
+        if step is not None:  # forward, backward and update in one call; its loss is checked after the update
             pending.append(step(batch))
-            if len(pending) >= the_plan.sync_every:
+        else:
+            with autocast(device, the_plan.precision):
+                loss = loss_fn(batch)
+            if the_plan.sync_every <= 1:  # CPU: check before the update, like the faithful loop
+                pending.append(loss.detach())
                 flush()
-            if should_stop is not None and should_stop():
-                flush()
-                raise StopEpoch(steps, total)
-            continue
-        with autocast(device, the_plan.precision):
-            loss = loss_fn(batch)
-        if the_plan.sync_every <= 1:  # CPU: check before the update, like the faithful loop
-            pending.append(loss.detach())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if the_plan.sync_every > 1:
+                pending.append(loss.detach())
+        if len(pending) >= the_plan.sync_every:
             flush()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if the_plan.sync_every > 1:
-            pending.append(loss.detach())
-            if len(pending) >= the_plan.sync_every:
-                flush()
         if should_stop is not None and should_stop():
             flush()
             raise StopEpoch(steps, total)
