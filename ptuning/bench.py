@@ -378,14 +378,11 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
     if eval_reviews is None:
         eval_reviews = 2048 if device.type == "cuda" else 64
     if warmup is None:
-        warmup = (10 if compile else 3) if device.type == "cuda" else 1
+        warmup = default_warmup(device, compile)
     results = {}
     for ref in rows:
         job = load_job(ref, jobs_dir)
-        n = job_placeholders(job)
-        train = synthetic_examples(steps * batch_size, max_length, config.vocab_size, n, seed + 1)
-        warm = synthetic_examples(warmup * batch_size, max_length, config.vocab_size, n, seed + 2)
-        evals = synthetic_examples(eval_reviews, max_length, config.vocab_size, n, seed + 3)
+        train, warm, evals = bench_data(job, config, steps, warmup, eval_reviews, batch_size, max_length, seed)
         pair = []
         for path in ("faithful", "fast"):
             echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews on {device}")
@@ -453,7 +450,8 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
                    "--seed", str(seed + i), "--output", str(work / f"worker{i}.json")]
             cmd += [] if cuda_graphs else ["--no-cuda-graphs"]
             cmd += ["--jobs-dir", str(jobs_dir)] if jobs_dir else []
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            with open(work / f"worker{i}.log", "w") as log:  # a file, not a pipe: nothing reads while we wait
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         try:
             while any(p.poll() is None for p in procs):
@@ -465,11 +463,11 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-            outputs = [p.communicate()[0] for p in procs]
-        bad = [(i, p.returncode, out) for i, (p, out) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+                p.wait()
+        bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
         if bad:
-            i, code, out = bad[0]
-            last = (out or "").strip().splitlines()[-1:] or ["(no output)"]
+            i, code = bad[0]
+            last = (work / f"worker{i}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise RuntimeError(f"bench worker {i} of {count} exited with {code}: {last[0]}")
         workers = [json.loads((work / f"worker{i}.json").read_text()) for i in range(count)]
     w = [x["windows"] for x in workers]
@@ -533,17 +531,26 @@ def _worker(argv: list[str] | None = None) -> int:
     device = torch.device(a.device)
     config = t5_small_config() if a.size == "t5-small" else small_config()
     job = load_job(a.row, Path(a.jobs_dir) if a.jobs_dir else None)
-    n = job_placeholders(job)
-    warmup = 3 if device.type == "cuda" else 1
-    train = synthetic_examples(a.steps * a.batch_size, a.max_length, config.vocab_size, n, a.seed + 1)
-    warm = synthetic_examples(warmup * a.batch_size, a.max_length, config.vocab_size, n, a.seed + 2)
-    evals = synthetic_examples(a.eval_reviews, a.max_length, config.vocab_size, n, a.seed + 3)
+    train, warm, evals = bench_data(job, config, a.steps, default_warmup(device), a.eval_reviews, a.batch_size, a.max_length, a.seed)
     r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,
                    job.settings.get("fast_eval_batch_size", 512), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
     Path(a.output).write_text(json.dumps({"step_seconds": r.step_seconds, "eval_seconds": r.eval_seconds, "windows": r.windows,
                                           "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_reserved or r.peak_memory,
                                           "description": r.description}))
     return 0
+
+
+def default_warmup(device: torch.device, compile: bool = False) -> int:
+    """Untimed warm-up steps before the timed ones: compiling takes a few more shapes' worth than capturing."""
+    return (10 if compile else 3) if device.type == "cuda" else 1
+
+
+def bench_data(job, config, steps: int, warmup: int, eval_reviews: int, batch_size: int, max_length: int, seed: int):
+    """(timed training, warm-up, evaluation) examples for `job`: synthetic, with its placeholders, seeded."""
+    n = job_placeholders(job)
+    return (synthetic_examples(steps * batch_size, max_length, config.vocab_size, n, seed + 1),
+            synthetic_examples(warmup * batch_size, max_length, config.vocab_size, n, seed + 2),
+            synthetic_examples(eval_reviews, max_length, config.vocab_size, n, seed + 3))
 
 
 def job_placeholders(job) -> int:

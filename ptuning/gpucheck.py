@@ -7,8 +7,9 @@ BENCHMARKS.md: only measured numbers, and projections computed from them, each l
 
 The projection of a job: its training steps (epochs × ceil(train reviews / batch size)) times the bench's
 step time, plus its evaluated reviews (one pass per epoch; zero-shot: one pass) times the bench's eval time
-per review, plus (if it trains) the bench's warm-up cost beyond its steps (the CUDA-graph capture), on the path the job ran (result JSON's `speed.path`), using the bench row of the same name if it
-was benched, else the mean of the benched rows (the bench's own "each row costs what this row costs").
+per review, plus (if it trains) the bench's warm-up cost beyond its steps (the CUDA-graph capture), on the
+path the job ran (result JSON's `speed.path`), using the bench row of the same name if it was benched, else
+the mean of the benched rows (the bench's own "each row costs what this row costs").
 It leaves out what the bench does not time: process start, model load, tokenization, checkpoints.
 """
 
@@ -211,12 +212,10 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
     left is kernel rounding (fp32) or bf16 rounding. A graph that replayed stale inputs, missed zeroing the
     gradients or updated the wrong tensors would show here as diverging losses.
     """
-    import dataclasses
-
     import torch
 
     from ptuning import fast
-    from ptuning.bench import ListDataset, _build, job_placeholders, small_config, synthetic_examples
+    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, small_config, synthetic_examples
     from ptuning.graphs import GraphedTrainStep
     from ptuning.jobs import load_job
     from ptuning.tiny import t5_small_config
@@ -236,7 +235,7 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
                 for module in model.modules():  # the method's own dropout too (PEFT's lora_dropout)
                     if isinstance(module, torch.nn.Dropout):
                         module.p = 0.0
-                plan = dataclasses.replace(fast.plan(_Settings(job), device), precision=precision, graphs=graphs)
+                plan = fast.plan(_JobLike(job, precision, False, 512, graphs), device)
                 trainable = [p for _, p in method.trainable_parameters(model)]
                 optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
                 step = GraphedTrainStep(model, optimizer, device, precision) if graphs else None
@@ -249,19 +248,12 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
                     d = step.describe()
                     info = f"failed: {d['failure']}" if d["failure"] else f"{d['graphs']} captured, {d['replays']} replays"
                 model = optimizer = step = None
-                torch.cuda.empty_cache() if device.type == "cuda" else None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             eager, graphed = losses[False], losses[True]
             worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(eager, graphed)) if eager and len(eager) == len(graphed) else float("nan")
             lines.append(f"| {job.name} | {precision} | {eager[0]:.5f} | {eager[-1]:.5f} | {worst:.2e} | {info} |")
     return "\n".join(lines) + "\n"
-
-
-class _Settings:
-    """A job seen by `fast.plan` as the fast path with its defaults."""
-
-    def __init__(self, job):
-        self.name, self.eval_batch_size = job.name, job.eval_batch_size
-        self.settings = {**job.settings, "speed": "fast", "compile": False}
 
 
 def main(argv: list[str] | None = None) -> int:
