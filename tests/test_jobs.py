@@ -69,6 +69,7 @@ GOOD = "title: T\nrow: 1\nmethod: {name: full, implementation: hand}\nlr: 1.0e-5
         (GOOD.replace("lr: 1.0e-5", "lr: -0.1"), "'lr' must be greater than 0"),
         (GOOD.replace("lr: 1.0e-5", "lr: .nan"), "'lr' must be a finite number"),
         (GOOD + "precision: fp8\n", "'precision' must be one of auto, fp32, bf16"),
+        (GOOD + "cuda_graphs: sometimes\n", "'cuda_graphs' must be true/false"),
         (GOOD + "labels: [good]\n", "'labels' must be two words"),
         (GOOD.replace("{name: full, implementation: hand}", "full"), "'method' must be a mapping"),
         (GOOD.replace("name: full, ", ""), "missing required key 'method.name'"),
