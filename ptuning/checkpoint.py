@@ -82,6 +82,20 @@ def load_trainable_state(method, model, state: dict[str, torch.Tensor], where: P
 
 
 # -- files -------------------------------------------------------------------------------------------
+def save_state(path: Path, config: dict[str, Any], method, model, optimizer, device: torch.device, **progress: Any) -> Path:
+    """A job's checkpoint: `config`, the trainable parameters, the optimizer's and the generators' states,
+    and `progress` (generator, epochs, step, loss_total, step_seconds, wall_seconds; see the module docstring).
+
+    One function for the runner and for `ptuning bench`, which times it at the row's real state size."""
+    return save(path, {
+        "config": config,
+        "trainable": trainable_state(method, model),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(device),
+        **progress,
+    })
+
+
 def save(path: Path, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, **payload, "config": json.dumps(payload["config"])}
     return atomic_save(path, lambda tmp: torch.save(payload, tmp))

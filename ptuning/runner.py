@@ -113,6 +113,7 @@ def run_job(
         return found
     if stop is not None:
         stop.check(f"{job.name} had not started; nothing new was saved")
+    entered = time.perf_counter()
     seed_everything(job.seed)
 
     check_library = getattr(method, "check_library", None)
@@ -184,20 +185,15 @@ def run_job(
         echo(f"[{job.name}] resuming from {ckpt_path} at {where}")
 
     started = time.perf_counter()
+    setup_seconds = started - entered  # load, method, data, device (before the first step: not in wall_seconds)
+    saving = [0.0]  # seconds spent writing checkpoints and the trained parameters (inside wall_seconds)
 
     def save_checkpoint(generator_state, step: int, loss_total: float, step_seconds: float) -> None:
-        checkpoint.save(ckpt_path, {
-            "config": config,
-            "trainable": checkpoint.trainable_state(method, model),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "rng": checkpoint.rng_state(device),
-            "generator": generator_state,
-            "epochs": epochs,
-            "step": step,
-            "loss_total": loss_total,
-            "step_seconds": step_seconds,
-            "wall_seconds": prior_wall + time.perf_counter() - started,
-        })
+        t = time.perf_counter()
+        checkpoint.save_state(ckpt_path, config, method, model, optimizer, device, generator=generator_state, epochs=epochs,
+                              step=step, loss_total=loss_total, step_seconds=step_seconds,
+                              wall_seconds=prior_wall + t - started)
+        saving[0] += time.perf_counter() - t
 
     def should_stop() -> bool:
         return stop is not None and stop.requested
@@ -253,7 +249,9 @@ def run_job(
     best = max(epochs, key=lambda e: e["accuracy"])  # first epoch reaching the max
     selection = protocol_mod.select(epochs, job.protocol)
     rdir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
     artifact = atomic_save(rdir / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None
+    saving[0] += time.perf_counter() - t
     result = {
         "job": job.name,
         "title": job.title,
@@ -270,6 +268,10 @@ def run_job(
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
         "wall_seconds": prior_wall + time.perf_counter() - started,
+        # outside train + eval: before the first step (this process's load, method, tokenizing, device), and the
+        # checkpoint and parameter writes inside wall_seconds
+        "setup_seconds": setup_seconds,
+        "save_seconds": saving[0],
         "resumed_from": resumed_from,
         "speed": {**speed.describe(), **({"cuda_graphs": graphed.describe()} if graphed is not None else {})},
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

@@ -362,3 +362,28 @@ def test_concurrency_children_share_the_parents_lock_and_nobody_else_does(tmp_pa
         monkeypatch.setenv(INHERIT_ENV, "999999")
         with pytest.raises(PtuningError, match="in use by another ptuning run"):
             OutputLock(tmp_path).acquire()
+
+
+def test_time_outside_train_and_eval_is_recorded(jobs_dir, tmp_path, monkeypatch):
+    """`setup_seconds` (before the first step) and `save_seconds` (checkpoints and parameters) in the result: with the
+    loading and every write slowed by a known delay, both are at least that delay, and setup is not in wall_seconds."""
+    import ptuning.runner as runner
+
+    load, save, artifact = runner.load_model, checkpoint.save, runner.atomic_save
+
+    def slow(fn, delay):
+        def wrapped(*args, **kwargs):
+            time.sleep(delay)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(runner, "load_model", slow(load, 1.5))
+    monkeypatch.setattr(checkpoint, "save", slow(save, 0.2))
+    monkeypatch.setattr(runner, "atomic_save", slow(artifact, 0.2))
+    out = tmp_path / "out"
+    assert run_a(jobs_dir, out).exit_code == 0
+    data = json.loads((out / "a" / "seed0" / "result.json").read_text())
+    assert data["setup_seconds"] >= 1.5
+    assert data["save_seconds"] >= 3 * 0.2  # 2 epochs' checkpoints + the trained parameters
+    work = data["train_seconds"] + data["eval_seconds"]
+    assert work + data["save_seconds"] <= data["wall_seconds"] < work + data["save_seconds"] + 1.5  # setup is outside it
