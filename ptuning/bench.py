@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime
 import platform
 import random
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +92,11 @@ class PathResult:
     setup_seconds: float = 0.0  # the warm-up's cost beyond its steps (capture, compile, lazy initialisation)
     windows: dict = field(default_factory=dict)  # wall-clock (time.time) start and end of the timed train and eval parts
     peak_reserved: int | None = None  # what the process held (a CUDA graph's pool included)
+    # what a job does besides training and evaluating, timed the way the runner does it (`fixed_costs`)
+    load_seconds: float = 0.0  # the saved model read from disk, the method applied, moved to the device (once per job)
+    checkpoint_seconds: float = 0.0  # one checkpoint of this row's state written (once per epoch)
+    artifact_seconds: float = 0.0  # the trained parameters written (once per job)
+    startup_seconds: float = 0.0  # a fresh process importing ptuning and initialising the device (once per run)
 
     @property
     def steps_per_second(self) -> float:
@@ -112,8 +119,14 @@ class PathResult:
         return EPOCH_STEPS * self.step_seconds
 
     @property
+    def job_fixed_seconds(self) -> float:
+        """A whole job's time besides its train and eval epochs: load, warm-up's extra, checkpoints, parameters."""
+        return self.load_seconds + self.setup_seconds + TABLE_EPOCHS * self.checkpoint_seconds + self.artifact_seconds
+
+    @property
     def table_seconds(self) -> float:
-        return TABLE_ROWS * (TABLE_EPOCHS * (self.epoch_train_seconds + self.eval_epoch_seconds) + self.setup_seconds)
+        return self.startup_seconds + TABLE_ROWS * (TABLE_EPOCHS * (self.epoch_train_seconds + self.eval_epoch_seconds)
+                                                    + self.job_fixed_seconds)
 
 
 def _sync(device: torch.device) -> None:
@@ -137,8 +150,9 @@ def _build(job, config, device: torch.device, seed: int):
 def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
                seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
                fast_eval_batch_size: int = 512, cuda_graphs: bool = True,
-               barrier: Callable[[str], None] | None = None) -> PathResult:
-    """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast')."""
+               barrier: Callable[[str], None] | None = None, scratch: Path | None = None) -> PathResult:
+    """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast'); with `scratch`
+    (a directory), also the job's writes: a checkpoint and the trained parameters, as the runner writes them."""
     from ptuning import fast
     from ptuning.evaluate import predict
     from ptuning.methods import count_parameters
@@ -242,11 +256,66 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
         reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
         note = "yes" if reference == predictions else "NO"
+    writes = time_writes(job, method, model, optimizer, device, scratch) if scratch is not None else (0.0, 0.0)
     model = optimizer = None  # free the weights before the next path (closures above still name them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
-                      setup_seconds, windows, reserved)
+                      setup_seconds, windows, reserved, checkpoint_seconds=writes[0], artifact_seconds=writes[1])
+
+
+def time_writes(job, method, model, optimizer, device: torch.device, scratch: Path) -> tuple[float, float]:
+    """(seconds to write one checkpoint, seconds to write the trained parameters) of this job's state, with the
+    runner's own calls (`checkpoint.save_state`, `atomic_save` of `method.save`), into `scratch`; removed after."""
+    from ptuning import checkpoint
+    from ptuning.atomic import atomic_save
+
+    ckpt = scratch / checkpoint.CHECKPOINT_FILE
+    t0 = time.perf_counter()
+    checkpoint.save_state(ckpt, {"job": job.name}, method, model, optimizer, device, generator=torch.Generator().get_state(),
+                          epochs=[], step=0, loss_total=0.0, step_seconds=0.0, wall_seconds=0.0)
+    t1 = time.perf_counter()
+    artifact = atomic_save(scratch / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None
+    t2 = time.perf_counter()
+    ckpt.unlink()
+    if artifact is not None:
+        shutil.rmtree(artifact) if artifact.is_dir() else artifact.unlink()
+    return t1 - t0, t2 - t1
+
+
+def time_load(job, config, device: torch.device, model_dir: Path) -> float:
+    """Seconds to read a saved model of this shape (`from_pretrained`, as `ptuning.model.load_model` does; the
+    tokenizer is not timed), apply the job's method and move it to the device."""
+    from transformers import T5ForConditionalGeneration
+
+    from ptuning.methods import build_method
+
+    _sync(device)
+    t0 = time.perf_counter()
+    model = T5ForConditionalGeneration.from_pretrained(model_dir)
+    model = build_method(job.method, job.implementation, job.knobs).apply(model)
+    model.to(device)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return seconds
+
+
+def time_startup(device: torch.device) -> float:
+    """Seconds for a fresh Python process to import ptuning's runner (torch, transformers, the method libraries
+    it imports at start) and initialise `device`: what each `ptuning` process pays before its first job."""
+    import subprocess
+
+    code = ("import torch, ptuning.cli, ptuning.runner\n"
+            f"torch.zeros(1, device={str(device)!r}).sum().item()\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing a process start failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return seconds
 
 
 class _JobLike:
@@ -268,6 +337,8 @@ def _fmt_seconds(s: float) -> str:
         return f"{s / 3600:.2f} h"
     if s >= 60:
         return f"{s / 60:.1f} min"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
     return f"{s:.3g} s"
 
 
@@ -293,8 +364,11 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
         "- TFLOP/s = 6 × parameters (all, frozen included) × input tokens per second / 1e12 (training estimate); "
         "tokens = non-pad input tokens",
         f"- projections: epoch = {EPOCH_STEPS} steps; eval epoch = {EVAL_REVIEWS:,} reviews; "
-        f"table = {TABLE_ROWS} rows × ({TABLE_EPOCHS} epochs × (train epoch + eval epoch) + warm-up beyond its steps), "
-        "each row assumed to cost what this row costs, one job at a time",
+        f"table = a process start + {TABLE_ROWS} rows × ({TABLE_EPOCHS} epochs × (train epoch + eval epoch + checkpoint) "
+        "+ load + warm-up beyond its steps + parameters written), each row assumed to cost what this row costs, one job "
+        "at a time; not in it: tokenizing (cached after a run's first job of each input shape), tables and plots",
+        f"- process start (a fresh Python importing ptuning, device initialised; once per run): "
+        f"{_fmt_seconds(next(iter(results.values()))[0].startup_seconds) if results else '–'}",
         "",
     ]
     for row, (a, b) in results.items():
@@ -312,6 +386,10 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
             ("peak memory allocated", mem(a), mem(b), None),
             ("peak memory reserved (what the process held)", mem(a, "peak_reserved"), mem(b, "peak_reserved"), None),
             ("warm-up beyond its steps (once per run and batch shape)", _fmt_seconds(a.setup_seconds), _fmt_seconds(b.setup_seconds), None),
+            ("saved model loaded, method applied, on the device (once per job)", _fmt_seconds(a.load_seconds),
+             _fmt_seconds(b.load_seconds), None),
+            ("checkpoint written (once per epoch)", _fmt_seconds(a.checkpoint_seconds), _fmt_seconds(b.checkpoint_seconds), None),
+            ("trained parameters written (once per job)", _fmt_seconds(a.artifact_seconds), _fmt_seconds(b.artifact_seconds), None),
             ("train epoch (782 steps, projected)", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
              a.epoch_train_seconds / b.epoch_train_seconds),
             ("eval epoch (25k reviews, projected)", _fmt_seconds(a.eval_epoch_seconds), _fmt_seconds(b.eval_epoch_seconds),
@@ -346,7 +424,8 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
         return {"description": r.description, "step_seconds": r.step_seconds, "tokens_per_step": r.tokens_per_step,
                 "eval_seconds": r.eval_seconds, "eval_reviews": r.eval_reviews, "eval_seconds_per_review": r.eval_seconds / r.eval_reviews,
                 "peak_memory_bytes": r.peak_memory, "tflops": r.tflops, "table_seconds": r.table_seconds,
-                "setup_seconds": r.setup_seconds, "peak_reserved_bytes": r.peak_reserved,
+                "setup_seconds": r.setup_seconds, "peak_reserved_bytes": r.peak_reserved, "load_seconds": r.load_seconds,
+                "checkpoint_seconds": r.checkpoint_seconds, "artifact_seconds": r.artifact_seconds,
                 "fast_decode_matches_generate": {"yes": True, "NO": False}.get(r.note)}
 
     return {
@@ -355,6 +434,7 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
         "transformers": transformers.__version__, "python": platform.python_version(),
         "size": size, "params": params, "steps": steps, "batch_size": batch_size, "eval_reviews": eval_reviews,
         "max_length": max_length,
+        "startup_seconds": next(iter(results.values()))[0].startup_seconds if results else None,
         "rows": {row: {"faithful": path(a), "fast": path(b)} for row, (a, b) in results.items()},
     }
 
@@ -380,24 +460,35 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
     if warmup is None:
         warmup = default_warmup(device, compile)
     results = {}
-    for ref in rows:
-        job = load_job(ref, jobs_dir)
-        train, warm, evals = bench_data(job, config, steps, warmup, eval_reviews, batch_size, max_length, seed)
-        pair = []
-        for path in ("faithful", "fast"):
-            echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews on {device}")
-            pair.append(bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
-                                   job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512), cuda_graphs))
-        results[job.name] = tuple(pair)
+    echo(f"bench: a fresh process's start on {device}")
+    startup = time_startup(device)
+    with tempfile.TemporaryDirectory(prefix="ptuning-bench-") as tmp:
+        scratch = Path(tmp)
+        T5ForConditionalGeneration(config).save_pretrained(scratch / "model")  # for the load timing (untimed)
+        for ref in rows:
+            job = load_job(ref, jobs_dir)
+            train, warm, evals = bench_data(job, config, steps, warmup, eval_reviews, batch_size, max_length, seed)
+            echo(f"bench: {job.name}: loading the saved model, applying the method, moving it to {device}")
+            load = time_load(job, config, device, scratch / "model")
+            pair = []
+            for path in ("faithful", "fast"):
+                echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews, "
+                     f"a checkpoint and the parameters written, on {device}")
+                r = bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
+                               job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512), cuda_graphs, scratch=scratch)
+                r.load_seconds, r.startup_seconds = load, startup
+                pair.append(r)
+            results[job.name] = tuple(pair)
     text = markdown(results, device, size, params, steps, batch_size, eval_reviews, max_length)
     together = None
     if concurrency > 1:
         first = next(iter(results))
         echo(f"bench: {first}, fast path, {concurrency} processes at once: {steps} timed steps, {eval_reviews} eval reviews each")
         try:
-            together = concurrent_fast(device, size, steps, first, concurrency, batch_size, max_length, eval_reviews, precision,
-                                       cuda_graphs, seed, jobs_dir)
             faithful, single = results[first]
+            together = concurrent_fast(device, size, steps, first, concurrency, batch_size, max_length, eval_reviews, precision,
+                                       cuda_graphs, seed, jobs_dir,
+                                       fixed_per_row=single.job_fixed_seconds - single.setup_seconds, startup=startup)
             text += "\n" + "\n".join(concurrency_markdown(together, single, faithful))
         except (RuntimeError, OSError, ValueError) as exc:
             together = {"concurrency": concurrency, "error": str(exc)}
@@ -429,12 +520,14 @@ def file_barrier(directory: Path, index: int, count: int, timeout: float = 600.0
 
 def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count: int, batch_size: int, max_length: int,
                     eval_reviews: int, precision: str, cuda_graphs: bool, seed: int = 0, jobs_dir=None,
-                    timeout: float = 900.0) -> dict:
+                    timeout: float = 900.0, fixed_per_row: float = 0.0, startup: float = 0.0) -> dict:
     """`count` processes bench the fast path on `row` together; their aggregate step and review rates.
 
     Each process warms up alone, then all start the timed steps together, and then all start decoding together
     (file barriers); the aggregate rate is all processes' steps (reviews) over the wall time from the first start
     to the last end. Raises RuntimeError with the failing worker's last output line if one fails.
+    The whole table's projection adds, per row, `fixed_per_row` (load, checkpoints, parameters: timed alone) and
+    the workers' warm-up beyond their steps, both shared among the `count` processes, and `startup` once.
     """
     import json
     import subprocess
@@ -476,11 +569,12 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
     steps_per_second = count * steps / train_wall
     reviews_per_second = count * eval_reviews / eval_wall
     setup = sum(x["setup_seconds"] for x in workers) / count
-    table = (TABLE_ROWS * TABLE_EPOCHS * (EPOCH_STEPS / steps_per_second + EVAL_REVIEWS / reviews_per_second)
-             + TABLE_ROWS * setup / count)
+    table = (startup + TABLE_ROWS * TABLE_EPOCHS * (EPOCH_STEPS / steps_per_second + EVAL_REVIEWS / reviews_per_second)
+             + TABLE_ROWS * (setup + fixed_per_row) / count)
     return {"concurrency": count, "row": row, "steps": steps, "eval_reviews": eval_reviews,
             "aggregate_steps_per_second": steps_per_second, "aggregate_reviews_per_second": reviews_per_second,
             "train_wall_seconds": train_wall, "eval_wall_seconds": eval_wall, "setup_seconds": setup,
+            "fixed_per_row_seconds": fixed_per_row, "startup_seconds": startup,
             "peak_memory_bytes": [x["peak_memory_bytes"] for x in workers], "description": workers[0]["description"],
             "table_seconds": table}
 
@@ -502,8 +596,8 @@ def concurrency_markdown(c: dict, single: PathResult, faithful: PathResult) -> l
         f"- {k} processes each warm up alone, then train {c['steps']} steps together, then decode {c['eval_reviews']} reviews "
         f"together; rates are all processes' work over the wall time from the first start to the last end",
         f"- fast path: {c['description']}; peak memory reserved per process: {mem}",
-        f"- whole table at --concurrency {k}: 10 rows × 10 epochs of work at these aggregate rates + each row's warm-up "
-        f"cost / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
+        f"- whole table at --concurrency {k}: a process start + 10 rows × 10 epochs of work at these aggregate rates + each "
+        f"row's warm-up, load and writes / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
         f"({_fmt_seconds(faithful.table_seconds)}): **{faithful.table_seconds / c['table_seconds']:.2f}×**",
         "",
         f"| metric | one process | {k} at once | gain |",

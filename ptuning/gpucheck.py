@@ -5,12 +5,18 @@
 what the script measured (the bench's JSON, the run-all's result JSONs, its wall time) and writes
 BENCHMARKS.md: only measured numbers, and projections computed from them, each labelled so.
 
-The projection of a job: its training steps (epochs × ceil(train reviews / batch size)) times the bench's
-step time, plus its evaluated reviews (one pass per epoch; zero-shot: one pass) times the bench's eval time
-per review, plus (if it trains) the bench's warm-up cost beyond its steps (the CUDA-graph capture), on the
-path the job ran (result JSON's `speed.path`), using the bench row of the same name if it was benched, else
-the mean of the benched rows (the bench's own "each row costs what this row costs").
-It leaves out what the bench does not time: process start, model load, tokenization, checkpoints.
+The projection of a job, from the bench numbers of the job's path (result JSON's `speed.path`; the bench row
+of the same name if it was benched, else the mean of the benched rows: the bench's own "each row costs what
+this row costs"):
+* its train + eval: training steps (epochs × ceil(train reviews / batch size)) × the step time, + evaluated
+  reviews (one pass per epoch; zero-shot: one pass) × the eval time per review, + (if it trains) the warm-up's
+  cost beyond its steps (the CUDA-graph capture); compared with the sum of its epochs' train and eval seconds;
+* its whole time: that, + loading the saved model with its method onto the device, + a checkpoint per epoch
+  and the trained parameters (if it trains); compared with its `setup_seconds` + `wall_seconds`.
+The run-all's projected wall time: the bench's process start + every job's whole time. `python -m ptuning.gpucheck
+overheads` times, apart from the run-all and with its functions, what neither the bench nor the jobs' train and
+eval cover: each job's data (loading the splits, tokenizing at the run's limits into a fresh cache, as the run-all
+does job after job) and the tables and plots at the end; given (`report --overheads`), they join the projection.
 """
 
 from __future__ import annotations
@@ -27,56 +33,126 @@ from typing import Any
 TOLERANCE = 0.20
 
 
-def rates(bench: dict, path: str, row: str | None = None) -> tuple[float, float, float] | None:
-    """(seconds per training step, seconds per evaluated review, warm-up beyond its steps) on `path`: the row's own
-    if benched, else the mean of the benched rows."""
+def rates(bench: dict, path: str, row: str | None = None) -> dict[str, float] | None:
+    """The bench's seconds on `path` (the row's own if benched, else the mean of the benched rows): per training
+    step ("step"), per evaluated review ("review"), warm-up beyond its steps ("warmup"), loading ("load"), one
+    checkpoint ("checkpoint") and the trained parameters ("artifact"); a number the bench did not time is 0."""
     rows = bench.get("rows") or {}
     chosen = [rows[row]] if row in rows else list(rows.values())
     measured = [r[path] for r in chosen if path in r]
     if not measured:
         return None
-    return (sum(m["step_seconds"] for m in measured) / len(measured),
-            sum(m["eval_seconds_per_review"] for m in measured) / len(measured),
-            sum(m.get("setup_seconds", 0.0) for m in measured) / len(measured))
+    keys = {"step": "step_seconds", "review": "eval_seconds_per_review", "warmup": "setup_seconds", "load": "load_seconds",
+            "checkpoint": "checkpoint_seconds", "artifact": "artifact_seconds"}
+    return {k: sum(m.get(field, 0.0) for m in measured) / len(measured) for k, field in keys.items()}
 
 
-def project_job(bench: dict, result: dict, n_train: int, n_eval: int) -> float | None:
-    """Projected train + eval seconds of one job's run (see the module docstring); None without a bench."""
+def project_job(bench: dict, result: dict, n_train: int, n_eval: int) -> dict[str, float] | None:
+    """A job's projected seconds (see the module docstring): {"work": train + eval, "total": the whole job};
+    None without a bench."""
     path = (result.get("speed") or {}).get("path", "fast")
     r = rates(bench, path, result.get("job"))
     if r is None:
         return None
-    step, per_review, setup = r
     config = result.get("config") or {}
     epochs = int(config.get("epochs") or 0)
     steps = epochs * math.ceil(n_train / int(config.get("batch_size") or 32))
-    return steps * step + max(epochs, 1) * n_eval * per_review + (setup if steps else 0.0)
+    work = steps * r["step"] + max(epochs, 1) * n_eval * r["review"] + (r["warmup"] if steps else 0.0)
+    writes = epochs * r["checkpoint"] + r["artifact"] if steps else 0.0
+    return {"work": work, "total": r["load"] + work + writes}
 
 
 def comparison(bench: dict | None, results: list[dict], n_train: int, n_eval: int, wall: float | None,
-               expected_jobs: int) -> dict[str, Any]:
-    """Projected vs measured for the scaled run-all: per job and in total."""
+               expected_jobs: int, extra: dict | None = None) -> dict[str, Any]:
+    """Projected vs measured for the scaled run-all: per job (train + eval, and whole) and in total (the sum of the
+    jobs' train + eval, and the run-all's wall time). `extra` (`overheads`'s output) adds each job's data and the
+    tables and plots to the whole-time projections."""
+    data = (extra or {}).get("data") or {}
     jobs = []
     for res in sorted(results, key=lambda r: (r.get("row", 99), r.get("job", ""))):
         projected = project_job(bench, res, n_train, n_eval) if bench else None
-        measured = None
+        if projected is not None:
+            projected["total"] += data.get(res.get("job"), 0.0)
+        measured = total = None
         if res.get("status") == "completed":
             measured = sum((e.get("train_seconds") or 0) + (e.get("eval_seconds") or 0) for e in res.get("epochs", []))
+            if res.get("setup_seconds") is not None and res.get("wall_seconds") is not None:
+                total = res["setup_seconds"] + res["wall_seconds"]
         jobs.append({"job": res.get("job"), "status": res.get("status"), "speed": res.get("speed") or {},
                      "epochs": (res.get("config") or {}).get("epochs"), "train_seconds": res.get("train_seconds"),
                      "eval_seconds": res.get("eval_seconds"), "wall_seconds": res.get("wall_seconds"),
-                     "measured": measured, "projected": projected, "peak_gpu_memory_bytes": res.get("peak_gpu_memory_bytes"),
+                     "setup_seconds": res.get("setup_seconds"), "save_seconds": res.get("save_seconds"),
+                     "measured": measured, "measured_total": total,
+                     "projected": projected["work"] if projected else None, "projected_total": projected["total"] if projected else None,
+                     "peak_gpu_memory_bytes": res.get("peak_gpu_memory_bytes"),
                      "peak_gpu_memory_reserved_bytes": res.get("peak_gpu_memory_reserved_bytes")})
     complete = len(jobs) == expected_jobs and all(j["status"] == "completed" for j in jobs)
     projected = sum(j["projected"] for j in jobs) if jobs and all(j["projected"] is not None for j in jobs) else None
+    projected_wall = None
+    if projected is not None:
+        projected_wall = ((bench or {}).get("startup_seconds", 0.0) + sum(j["projected_total"] for j in jobs)
+                          + ((extra or {}).get("tables_plots") or 0.0))
     measured = sum(j["measured"] for j in jobs) if complete else None
-    out = {"jobs": jobs, "complete": complete, "projected": projected, "measured": measured, "wall": wall}
-    for key in ("measured", "wall"):
+    outside = None
+    if complete and wall is not None and all(j["measured_total"] is not None for j in jobs):
+        outside = wall - sum(j["measured_total"] for j in jobs)
+    out = {"jobs": jobs, "complete": complete, "projected": projected, "projected_wall": projected_wall, "measured": measured,
+           "wall": wall, "outside_jobs": outside, "overheads": extra}
+    for key, versus in (("measured", projected), ("wall", projected_wall)):
         value = out[key]
-        if projected and value is not None and complete:
-            out[f"{key}_ratio"] = value / projected
-            out[f"{key}_within"] = abs(value / projected - 1) <= TOLERANCE
+        if versus and value is not None and complete:
+            out[f"{key}_ratio"] = value / versus
+            out[f"{key}_within"] = abs(value / versus - 1) <= TOLERANCE
     return out
+
+
+def overheads(model_ref: str, dataset_ref: str, n_train: int, n_eval: int, results_dir: Path | None = None,
+              jobs_dir: Path | None = None) -> dict[str, Any]:
+    """Seconds the run-all spends besides the bench's parts, timed with the run-all's own functions:
+    {"data": {job: loading the splits (the first job) and tokenizing its train and test reviews, with a cache that
+    starts empty and is shared job after job, as in the run-all}, "tables_plots": writing the plots and making the
+    tables of `results_dir` (None without one)}."""
+    import os
+    import tempfile
+    import time
+
+    from transformers import AutoTokenizer
+
+    from ptuning import protocol, runner
+    from ptuning.jobs import load_all_jobs
+    from ptuning.methods import build_method
+
+    jobs = [job.override(model=model_ref, dataset=dataset_ref, train_limit=n_train, eval_limit=n_eval)
+            for job in load_all_jobs(jobs_dir)]
+    tokenizer = AutoTokenizer.from_pretrained(model_ref, use_fast=True, legacy=True)  # as ptuning.model.load_model
+    data: dict[str, float] = {}
+    before = os.environ.get("PTUNING_CACHE")
+    with tempfile.TemporaryDirectory(prefix="ptuning-overheads-") as cache:
+        os.environ["PTUNING_CACHE"] = cache
+        runner._SPLITS.clear()
+        try:
+            for job in jobs:
+                placeholders = build_method(job.method, job.implementation, job.knobs).placeholder_tokens()
+                t0 = time.perf_counter()
+                protocol.build_datasets(job, tokenizer, placeholders, runner.splits_for(job))
+                data[job.name] = time.perf_counter() - t0
+        finally:
+            runner._SPLITS.clear()
+            if before is None:
+                os.environ.pop("PTUNING_CACHE", None)
+            else:
+                os.environ["PTUNING_CACHE"] = before
+    tables_plots = None
+    if results_dir is not None and Path(results_dir).is_dir():
+        from ptuning.plots import plot_paths, write_plots
+        from ptuning.report import tables
+        from ptuning.results import load_results
+
+        t0 = time.perf_counter()
+        write_plots(jobs, load_results(Path(results_dir)), Path(results_dir))
+        tables(jobs, load_results(Path(results_dir)), plot_paths(Path(results_dir)))
+        tables_plots = time.perf_counter() - t0
+    return {"data": data, "tables_plots": tables_plots}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +162,7 @@ def comparison(bench: dict | None, results: list[dict], n_train: int, n_eval: in
 def _s(value: float | None) -> str:
     if value is None:
         return "–"
-    return f"{value:.1f} s" + (f" ({value / 60:.2f} min)" if value >= 60 else "")
+    return f"{value:.{2 if abs(value) < 10 else 1}f} s" + (f" ({value / 60:.2f} min)" if value >= 60 else "")
 
 
 def _gib(value: int | None) -> str:
@@ -125,10 +201,14 @@ def report(*, card: str | None, bench: dict | None, bench_markdown: str | None, 
         f"`--train-limit {n['train_limit']} --eval-limit {n['eval_limit']}`, `--concurrency {n['concurrency']}`, "
         f"`--device {n['device']}`; model: random weights, {n['model']}; data: synthetic IMDb-length reviews ({n['data']})",
         f"- run-all step: {runall_status}",
-        "- projection: per job, training steps × the bench's step time + evaluated reviews × the bench's eval time per "
-        "review + the warm-up's cost beyond its steps (graph capture) once, on the job's path (the benched row's own numbers, "
-        "else the mean of the benched rows); it does not "
-        "include process start, model load, tokenization or checkpoints"
+        "- projection, per job on its path (the benched row's own numbers, else the mean of the benched rows): train + "
+        "eval = training steps × the bench's step time + evaluated reviews × its eval time per review + its warm-up's "
+        "cost beyond its steps (graph capture) once; the whole job = that + loading the saved model with its method "
+        "onto the device + a checkpoint per epoch + the trained parameters written"
+        + (" + its data (splits loaded, reviews tokenized: timed apart, `gpucheck overheads`). The run-all's wall time = "
+           "the bench's process start + every whole job + the tables and plots (timed apart)" if comp.get("overheads") else
+           ". The run-all's wall time = the bench's process start + every whole job; the data (loading, tokenizing), "
+           "tables and plots were not timed apart and are not in it")
         + ("; with concurrency > 1 the jobs overlap and share the device: neither the sum of their times nor the wall time "
            "is comparable with it" if int(n["concurrency"]) > 1 else ""),
         "",
@@ -150,25 +230,39 @@ def report(*, card: str | None, bench: dict | None, bench_markdown: str | None, 
             return why
         return f"{comp[f'{key}_ratio']:.2f}× projected; within {TOLERANCE:.0%}: {within[comp[f'{key}_within']]}"
 
-    rows = [("projected train + eval (from this run's bench)", _s(comp.get("projected")), "")]
+    rows = [("projected: the jobs' train + eval (from this run's bench)", _s(comp.get("projected")), "")]
     if comp.get("measured") is not None:
         rows.append(("measured: sum of the jobs' train + eval seconds (result JSONs)", _s(comp["measured"]), versus("measured")))
+    rows.append(("projected: run-all wall time (process start + the whole jobs"
+                 + (" + tables and plots)" if comp.get("overheads") else ")"), _s(comp.get("projected_wall")), ""))
     if comp.get("wall") is not None:
         rows.append(("measured: run-all wall time (start to tables printed)", _s(comp["wall"]), versus("wall")))
-        if comp.get("measured") is not None and not overlap:
-            rows.append(("measured: outside train + eval (wall − sum above): start, loads, tokenizing, checkpoints",
-                         _s(comp["wall"] - comp["measured"]), ""))
+        if comp.get("outside_jobs") is not None and not overlap:
+            rows.append(("measured: outside the jobs (wall − every job's setup + wall): process start, tables, plots",
+                         _s(comp["outside_jobs"]), ""))
+    if comp.get("overheads"):
+        o = comp["overheads"]
+        rows.append(("timed apart: the jobs' data (splits loaded, reviews tokenized; in the whole jobs above)",
+                     _s(sum((o.get("data") or {}).values())), ""))
+        rows.append(("timed apart: tables and plots (in the run-all's projected wall time)", _s(o.get("tables_plots")), ""))
     lines += ["| what | time | vs projection |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
     if comp.get("jobs"):
-        lines += ["| job | status | path, precision | epochs | train | eval | job wall (after load) | projected train + eval "
-                  "| measured / projected | peak GPU memory allocated | peak reserved (what the process held) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| job | status | path, precision | epochs | train | eval | setup (load, tokenize, device) | writes (checkpoints, "
+                  "parameters) | whole job (setup + wall) | projected train + eval | measured / projected | projected whole job "
+                  "| whole / projected | peak GPU memory allocated | peak reserved (what the process held) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}×" if a is not None and b else "–"
+
         for j in comp["jobs"]:
-            ratio = f"{j['measured'] / j['projected']:.2f}×" if j["measured"] is not None and j["projected"] else "–"
             speed = j["speed"]
             lines.append(f"| {j['job']} | {j['status']} | {speed.get('path', '–')}, {speed.get('precision', '–')} | {j['epochs']} "
-                         f"| {_s(j['train_seconds'])} | {_s(j['eval_seconds'])} | {_s(j['wall_seconds'])} | {_s(j['projected'])} "
-                         f"| {ratio} | {_gib(j['peak_gpu_memory_bytes'])} | {_gib(j.get('peak_gpu_memory_reserved_bytes'))} |")
+                         f"| {_s(j['train_seconds'])} | {_s(j['eval_seconds'])} | {_s(j.get('setup_seconds'))} "
+                         f"| {_s(j.get('save_seconds'))} | {_s(j.get('measured_total'))} | {_s(j['projected'])} "
+                         f"| {ratio(j['measured'], j['projected'])} | {_s(j.get('projected_total'))} "
+                         f"| {ratio(j.get('measured_total'), j.get('projected_total'))} "
+                         f"| {_gib(j['peak_gpu_memory_bytes'])} | {_gib(j.get('peak_gpu_memory_reserved_bytes'))} |")
         lines.append("")
     else:
         lines += ["no job finished: nothing measured", ""]
@@ -271,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
     e.add_argument("--rows", default="full_ft,lora_8_peft")
     e.add_argument("--output")
+    o = sub.add_parser("overheads", help="time the run-all's data per job and its tables and plots (JSON)")
+    o.add_argument("--model", required=True)
+    o.add_argument("--dataset", required=True)
+    o.add_argument("--train-limit", type=int, required=True)
+    o.add_argument("--eval-limit", type=int, required=True)
+    o.add_argument("--results", help="the run-all's output directory (for the tables and plots)")
+    o.add_argument("--output", required=True, help="write the JSON here")
     r = sub.add_parser("report", help="write BENCHMARKS.md from what the script measured")
+    r.add_argument("--overheads", help="`overheads`'s JSON, if it ran")
     r.add_argument("--bench-json")
     r.add_argument("--bench-md")
     r.add_argument("--bench-status", default="not run")
@@ -308,11 +410,17 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
 
+    if args.command == "overheads":
+        measured = overheads(args.model, args.dataset, args.train_limit, args.eval_limit, Path(args.results) if args.results else None)
+        Path(args.output).write_text(json.dumps(measured, indent=2) + "\n")
+        print(json.dumps(measured))
+        return 0
+
     from ptuning.results import load_results
 
     bench = _read_json(args.bench_json)
     results = [r for runs in load_results(Path(args.results)).values() for r in runs] if Path(args.results).is_dir() else []
-    comp = comparison(bench, results, args.train_limit, args.eval_limit, args.wall, args.expected_jobs)
+    comp = comparison(bench, results, args.train_limit, args.eval_limit, args.wall, args.expected_jobs, _read_json(args.overheads))
     bench_md = Path(args.bench_md).read_text() if args.bench_md and Path(args.bench_md).is_file() else None
     extras = []
     for spec in args.extra:

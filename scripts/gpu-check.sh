@@ -27,7 +27,8 @@
 # reviews decoded) + zero-shot = 1,280 steps (~83 s at 65 ms) + 21 passes over 2,048 reviews (~28 s at 0.64 ms per
 # review) = about 2 minutes of train + eval, plus per-job setup (load, tokenize, checkpoint): 2 to 3 minutes in all.
 # The whole script: about 7 minutes (the budget; the compile bench at the end takes what is left), 8 at worst.
-# Order: stack check, assets, the graphs-vs-eager equivalence (correctness before speed), bench, run-all, then the
+# Order: stack check, assets, the graphs-vs-eager equivalence (correctness before speed), bench, run-all, the run-all's
+# data and tables/plots timed apart (they join the projection of its wall time; summary.json keeps them), then the
 # fast path without graphs and with torch.compile for comparison while the budget lasts.
 set -uo pipefail
 CALLER_DIR=$PWD
@@ -66,7 +67,7 @@ mkdir -p "$WORK" || exit 1
 WORK=$(cd "$WORK" && pwd)
 rm -rf "$WORK/runall" "$WORK/cache"
 rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary.json,equivalence.md,bench-eager.md} \
-  "$WORK"/{assets.txt,bench-compile.md}
+  "$WORK"/{assets.txt,bench-compile.md,overheads.json}
 LOG=$WORK/gpu-check.log
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PTUNING_CACHE="$WORK/cache"
 
@@ -182,6 +183,11 @@ EOF
   WALL=""
   [ "$rc" = 99 ] || WALL=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   [ -d "$WORK/runall" ] && timeout 45 "$PY" -m ptuning.cli tables --results "$WORK/runall" > "$WORK/tables.md"
+  # what the projection needs besides the bench, timed apart with the run-all's functions: each job's data, tables, plots
+  if [ -n "$WALL" ]; then
+    step overheads 90 20 - "$PY" -m ptuning.gpucheck overheads --model "$model" --dataset "$data" --train-limit "$TRAIN_LIMIT" \
+      --eval-limit "$EVAL_LIMIT" --results "$WORK/runall" --output "$WORK/overheads.json"
+  fi
   write_report
   publish
 
@@ -203,7 +209,7 @@ write_report() {
                --extra "bench of the fast path without CUDA graphs (--no-cuda-graphs)=$WORK/bench-eager.md"
                --extra "bench with --compile (torch.compile reduce-overhead over length buckets)=$WORK/bench-compile.md")
   timeout 45 "$PY" -m ptuning.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \
-    --results "$WORK/runall" ${WALL:+--wall "$WALL"} --runall-status "$RUNALL_STATUS" --card "$CARD" --device "$DEVICE" \
+    --overheads "$WORK/overheads.json" --results "$WORK/runall" ${WALL:+--wall "$WALL"} --runall-status "$RUNALL_STATUS" --card "$CARD" --device "$DEVICE" \
     --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" --eval-limit "$EVAL_LIMIT" --concurrency "$CONCURRENCY" \
     --model-desc "$MODEL_DESC" "${extra[@]}" --output "$WORK/BENCHMARKS.md" --summary-json "$WORK/summary.json" > /dev/null \
     || echo "gpu-check: the report failed"

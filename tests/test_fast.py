@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -236,8 +237,11 @@ def test_run_all_with_concurrency_two(tmp_path, tiny_model_dir, tiny_data_dir):
     assert "| full_ft" in result.output  # the tables follow
 
 
-def test_bench_prints_both_paths(tmp_path):
+def test_bench_prints_both_paths(tmp_path, monkeypatch):
     out, data = tmp_path / "BENCH.md", tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench writes its checkpoint and parameters
     result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32",
                      "--batch-size", "4", "--eval-reviews", "8", "--output", str(out), "--json", str(data))
     assert result.exit_code == 0, result.output
@@ -252,6 +256,17 @@ def test_bench_prints_both_paths(tmp_path):
     fast = measured["rows"]["full_ft"]["fast"]
     assert fast["step_seconds"] > 0 and fast["eval_seconds_per_review"] == pytest.approx(fast["eval_seconds"] / 8)
     assert fast["fast_decode_matches_generate"] is True and measured["rows"]["full_ft"]["faithful"]["peak_memory_bytes"] is None
+    # a job's time besides train and eval is timed too, and the whole table is made of exactly these parts
+    for needle in ("process start", "saved model loaded, method applied, on the device (once per job)",
+                   "checkpoint written (once per epoch)", "trained parameters written (once per job)"):
+        assert needle in text, needle
+    assert measured["startup_seconds"] > 0
+    for path in measured["rows"]["full_ft"].values():
+        assert path["load_seconds"] > 0 and path["checkpoint_seconds"] > 0 and path["artifact_seconds"] > 0
+        job = path["load_seconds"] + path["setup_seconds"] + 10 * path["checkpoint_seconds"] + path["artifact_seconds"]
+        epoch = 782 * path["step_seconds"] + 25_000 * path["eval_seconds_per_review"]
+        assert path["table_seconds"] == pytest.approx(measured["startup_seconds"] + 10 * (10 * epoch + job))
+    assert list(scratch.iterdir()) == []  # the bench's own files are gone
 
 
 def test_bench_concurrency_runs_k_processes_together(tmp_path):
@@ -266,7 +281,13 @@ def test_bench_concurrency_runs_k_processes_together(tmp_path):
     # all processes' work over the shared wall time: 2 x 2 steps, 2 x 8 reviews
     assert together["aggregate_steps_per_second"] == pytest.approx(4 / together["train_wall_seconds"])
     assert together["aggregate_reviews_per_second"] == pytest.approx(16 / together["eval_wall_seconds"])
-    assert together["table_seconds"] > 0 and len(together["peak_memory_bytes"]) == 2
+    assert len(together["peak_memory_bytes"]) == 2
+    single = json.loads(data.read_text())["rows"]["lora_8"]["fast"]
+    assert together["fixed_per_row_seconds"] == pytest.approx(single["load_seconds"] + 10 * single["checkpoint_seconds"]
+                                                              + single["artifact_seconds"])
+    work = 782 / together["aggregate_steps_per_second"] + 25_000 / together["aggregate_reviews_per_second"]
+    assert together["table_seconds"] == pytest.approx(together["startup_seconds"] + 100 * work
+                                                      + 10 * (together["setup_seconds"] + together["fixed_per_row_seconds"]) / 2)
 
 
 def test_file_barrier_waits_for_every_process(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 from tests.conftest import REPO
 
@@ -40,18 +41,20 @@ def test_t5_small_shaped_assets_load_with_t5_small_counts_and_imdb_lengths(tmp_p
     assert (tmp_path / "assets.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
-BENCH = {"rows": {
+BENCH = {"startup_seconds": 4.0, "rows": {
     "full_ft": {"faithful": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0014},
-                "fast": {"step_seconds": 0.060, "eval_seconds_per_review": 0.0006, "setup_seconds": 0.5}},
+                "fast": {"step_seconds": 0.060, "eval_seconds_per_review": 0.0006, "setup_seconds": 0.5, "load_seconds": 1.0,
+                         "checkpoint_seconds": 2.0, "artifact_seconds": 0.6}},
     "lora_8_peft": {"faithful": {"step_seconds": 0.080, "eval_seconds_per_review": 0.0016},
-                    "fast": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0008, "setup_seconds": 0.3}},
+                    "fast": {"step_seconds": 0.070, "eval_seconds_per_review": 0.0008, "setup_seconds": 0.3, "load_seconds": 0.8,
+                             "checkpoint_seconds": 0.2, "artifact_seconds": 0.1}},
 }}
 
 
 def _result(job, row, epochs, train, evals, status="completed", path="fast", peak=None):
     return {"job": job, "row": row, "status": status, "config": {"epochs": epochs, "batch_size": 32},
             "speed": {"path": path, "precision": "bf16"}, "train_seconds": train, "eval_seconds": evals,
-            "wall_seconds": train + evals + 1,
+            "wall_seconds": train + evals + 1, "setup_seconds": 2.0, "save_seconds": 0.5,
             "epochs": [{"epoch": e, "train_seconds": train / max(epochs, 1), "eval_seconds": evals / max(epochs, 1)}
                        for e in range(max(epochs, 1))],
             "peak_gpu_memory_bytes": peak, "peak_gpu_memory_reserved_bytes": None if peak is None else 2 * peak}
@@ -60,25 +63,40 @@ def _result(job, row, epochs, train, evals, status="completed", path="fast", pea
 def test_projection_uses_the_benched_row_or_the_mean_on_the_jobs_path():
     from ptuning.gpucheck import project_job, rates
 
-    assert rates(BENCH, "fast", "full_ft") == (0.060, 0.0006, 0.5)
-    assert rates(BENCH, "fast", "adapter_8") == pytest.approx((0.065, 0.0007, 0.4))
-    assert rates(BENCH, "faithful", "full_ft") == (0.070, 0.0014, 0.0)  # a bench without warm-up numbers: none added
+    assert rates(BENCH, "fast", "full_ft") == {"step": 0.060, "review": 0.0006, "warmup": 0.5, "load": 1.0, "checkpoint": 2.0,
+                                               "artifact": 0.6}
+    mean = rates(BENCH, "fast", "adapter_8")
+    assert mean == pytest.approx({"step": 0.065, "review": 0.0007, "warmup": 0.4, "load": 0.9, "checkpoint": 1.1, "artifact": 0.35})
+    # a bench without warm-up, load or write numbers: none added
+    assert rates(BENCH, "faithful", "full_ft") == {"step": 0.070, "review": 0.0014, "warmup": 0.0, "load": 0.0, "checkpoint": 0.0,
+                                                   "artifact": 0.0}
     assert rates({}, "fast") is None
-    # 2 epochs x ceil(1000 / 32) = 64 steps; 2 passes over 500 reviews; the warm-up's extra cost once
-    assert project_job(BENCH, _result("full_ft", 1, 2, 0, 0), 1000, 500) == pytest.approx(64 * 0.060 + 1000 * 0.0006 + 0.5)
-    assert project_job(BENCH, _result("adapter_8", 5, 2, 0, 0, path="faithful"), 1000, 500) == pytest.approx(64 * 0.075 + 1000 * 0.0015)
-    assert project_job(BENCH, _result("zero_shot", 0, 0, 0, 0), 1000, 500) == pytest.approx(500 * 0.0007)  # one pass, no steps
+    # 2 epochs x ceil(1000 / 32) = 64 steps; 2 passes over 500 reviews; the warm-up's extra cost once;
+    # whole: + load + 2 checkpoints + the parameters
+    work = 64 * 0.060 + 1000 * 0.0006 + 0.5
+    assert project_job(BENCH, _result("full_ft", 1, 2, 0, 0), 1000, 500) == pytest.approx({"work": work, "total": 1.0 + work + 2 * 2.0 + 0.6})
+    work = 64 * 0.075 + 1000 * 0.0015
+    assert project_job(BENCH, _result("adapter_8", 5, 2, 0, 0, path="faithful"), 1000, 500) == pytest.approx({"work": work, "total": work})
+    # zero-shot: one pass, no steps, no writes; the model is loaded all the same
+    assert project_job(BENCH, _result("zero_shot", 0, 0, 0, 0), 1000, 500) == pytest.approx({"work": 500 * 0.0007, "total": 0.9 + 500 * 0.0007})
 
 
 def test_comparison_and_report_say_within_20_percent_or_not():
     from ptuning.gpucheck import comparison, report
 
     results = [_result("zero_shot", 0, 0, 0.0, 0.4), _result("full_ft", 1, 2, 3.9, 1.2, peak=int(1.5 * GIB))]
-    projected = 500 * 0.0007 + 64 * 0.060 + 1000 * 0.0006 + 0.5
-    comp = comparison(BENCH, results, 1000, 500, wall=projected * 1.5, expected_jobs=2)
+    zero, full = 500 * 0.0007, 64 * 0.060 + 1000 * 0.0006 + 0.5
+    projected = zero + full
+    projected_wall = 4.0 + (0.9 + zero) + (1.0 + full + 2 * 2.0 + 0.6)  # process start + every whole job
+    comp = comparison(BENCH, results, 1000, 500, wall=projected_wall * 1.5, expected_jobs=2)
     assert comp["complete"] and comp["projected"] == pytest.approx(projected)
+    assert comp["projected_wall"] == pytest.approx(projected_wall)
     assert comp["measured"] == pytest.approx(5.5) and comp["measured_within"] is (abs(5.5 / projected - 1) <= 0.2)
     assert comp["wall_ratio"] == pytest.approx(1.5) and comp["wall_within"] is False
+    # each job's whole time is its setup + wall (2 + 1.4 and 2 + 6.1); what is left of the wall is outside them
+    assert [j["measured_total"] for j in comp["jobs"]] == pytest.approx([3.4, 8.1])
+    assert comp["outside_jobs"] == pytest.approx(projected_wall * 1.5 - 11.5)
+    assert comparison(BENCH, results, 1000, 500, wall=projected_wall * 1.1, expected_jobs=2)["wall_within"] is True
     settings = {"device": "cuda", "epochs": 2, "train_limit": 1000, "eval_limit": 500, "concurrency": 1, "expected_jobs": 2,
                 "model": "t5-small shapes", "data": "synthetic"}
     text = report(card="NVIDIA H100 80GB HBM3", bench=BENCH, bench_markdown="# ptuning bench\n\n| a | b |", bench_status="completed in 40 s",
@@ -87,18 +105,20 @@ def test_comparison_and_report_say_within_20_percent_or_not():
     assert text.startswith("# ptuning GPU check on NVIDIA H100 80GB HBM3")
     assert "torch 2.11.0, transformers 4.57.6" in text and "## ptuning bench" in text  # bench headings demoted
     assert "1.50× projected; within 20%: **NO**" in text
-    assert "| full_ft | completed | fast, bf16 | 2 |" in text and "| 1.50 GiB | 3.00 GiB |" in text
+    assert "| projected: run-all wall time (process start + the whole jobs) | 15.8 s |  |" in text
+    assert "| full_ft | completed | fast, bf16 | 2 | 3.90 s | 1.20 s | 2.00 s | 0.50 s | 8.10 s |" in text
+    assert "| 1.50 GiB | 3.00 GiB |" in text
     assert "19 passed" in text
 
     # a job short: no verdict, only what was measured
     comp = comparison(BENCH, results[:1], 1000, 500, wall=300.0, expected_jobs=2)
-    assert comp["measured"] is None and "wall_ratio" not in comp
+    assert comp["measured"] is None and "wall_ratio" not in comp and comp["outside_jobs"] is None
     text = report(card=None, bench=BENCH, bench_markdown=None, bench_status="completed", comp=comp,
                   runall_status="**stopped by its timeout**", settings=settings, extras=[], versions={})
     assert "not compared: 1 of 2 jobs completed" in text and "within 20%" not in text
     # no bench: no projection
     comp = comparison(None, results, 1000, 500, wall=10.0, expected_jobs=2)
-    assert comp["projected"] is None
+    assert comp["projected"] is None and comp["projected_wall"] is None
     text = report(card=None, bench=None, bench_markdown=None, bench_status="**failed**", comp=comp, runall_status="completed",
                   settings=settings, extras=[], versions={})
     assert "no projection (the bench did not finish)" in text and "bench step: **failed**" in text
@@ -107,6 +127,35 @@ def test_comparison_and_report_say_within_20_percent_or_not():
     text = report(card=None, bench=BENCH, bench_markdown=None, bench_status="completed", comp=comp, runall_status="completed",
                   settings={**settings, "concurrency": 4}, extras=[], versions={})
     assert "not compared: jobs ran 4 at a time" in text and "within 20%" not in text
+    assert "outside the jobs" not in text
+
+    # the run-all's data and tables/plots, timed apart, join the whole-job and wall projections
+    extra = {"data": {"zero_shot": 1.5, "full_ft": 0.25}, "tables_plots": 2.0}
+    comp = comparison(BENCH, results, 1000, 500, wall=20.0, expected_jobs=2, extra=extra)
+    assert [j["projected_total"] for j in comp["jobs"]] == pytest.approx([0.9 + zero + 1.5, 1.0 + full + 2 * 2.0 + 0.6 + 0.25])
+    assert comp["projected_wall"] == pytest.approx(projected_wall + 1.75 + 2.0) and comp["projected"] == pytest.approx(projected)
+    text = report(card=None, bench=BENCH, bench_markdown=None, bench_status="completed", comp=comp, runall_status="completed",
+                  settings=settings, extras=[], versions={})
+    assert "| projected: run-all wall time (process start + the whole jobs + tables and plots) | 19.5 s |" in text
+    assert "| timed apart: the jobs' data (splits loaded, reviews tokenized; in the whole jobs above) | 1.75 s |" in text
+    assert "| timed apart: tables and plots (in the run-all's projected wall time) | 2.00 s |" in text
+
+
+def test_overheads_times_every_jobs_data_and_the_tables(tmp_path, tiny_model_dir, tiny_data_dir, monkeypatch):
+    from ptuning.cli import main
+    from ptuning.gpucheck import overheads
+    from ptuning.jobs import load_all_jobs
+
+    monkeypatch.setenv("PTUNING_CACHE", str(tmp_path / "mine"))
+    out = tmp_path / "runall"
+    result = CliRunner().invoke(main, ["run", "zero_shot", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_dir),
+                                       "--device", "cpu", "--eval-limit", "8", "--output-dir", str(out)], env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 0, result.output
+    measured = overheads(str(tiny_model_dir), str(tiny_data_dir), 16, 8, out)
+    assert sorted(measured["data"]) == sorted(job.name for job in load_all_jobs()) and all(v > 0 for v in measured["data"].values())
+    assert measured["tables_plots"] > 0 and (out / "plots").is_dir()
+    assert os.environ["PTUNING_CACHE"] == str(tmp_path / "mine")  # its own cache came and went; the caller's is back
+    assert overheads(str(tiny_model_dir), str(tiny_data_dir), 16, 8)["tables_plots"] is None
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout")
@@ -129,9 +178,12 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     comp = summary["comparison"]
     assert comp["complete"] and len(comp["jobs"]) == 11 and all(j["status"] == "completed" for j in comp["jobs"])
     assert comp["projected"] > 0 and comp["measured"] > 0 and comp["wall"] > comp["measured"]
+    assert len(comp["overheads"]["data"]) == 11 and comp["overheads"]["tables_plots"] > 0  # timed apart, after the run-all
+    assert comp["projected_wall"] > comp["projected"] and comp["outside_jobs"] is not None
     assert {j["speed"]["path"] for j in comp["jobs"]} == {"faithful"}  # what `auto` runs on CPU
     text = (out / "BENCHMARKS.md").read_text()
-    for needle in ("# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
+    for needle in ("timed apart: tables and plots", "| projected: run-all wall time (process start + the whole jobs + tables and plots) |",
+                   "# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
                    "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
         assert needle in text, needle
     assert "lora_1_peft" in (out / "tables.md").read_text()
