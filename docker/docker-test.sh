@@ -10,7 +10,7 @@
 #  4. `make docker-ptuning` for --help, params, smoke (no network in the container), as an arbitrary
 #     non-image uid with temporary results/HF-cache folders, and a check that the smoke result files
 #     written in the container appear on the host, owned by that uid.
-# Idempotent: a second run reuses the stand-in and the cached layers.
+# Idempotent: a second run reuses the stand-in and the cached layers, and removes the image it replaced.
 #
 # Environment: TEST_IMAGE (ptuning:docker-test), STANDIN_IMAGE (ptuning-standin-base),
 #   PTUNING_DOCKERD_STORAGE (storage driver for a dockerd started here: overlay2, falling back to vfs),
@@ -97,12 +97,17 @@ docker/standin-base.sh "$STANDIN_IMAGE"
 
 # ---- 3. the real Dockerfile on the stand-in ------------------------------------------------------------
 step "make docker-build IMAGE=$TEST_IMAGE BASE_IMAGE=$STANDIN_IMAGE"
+previous="$(docker image inspect -f '{{.Id}}' "$TEST_IMAGE" 2>/dev/null || true)"
 make --no-print-directory docker-build IMAGE="$TEST_IMAGE" BASE_IMAGE="$STANDIN_IMAGE" \
   DOCKER_BUILD_ARGS="--network host" > "${TMPDIR:-/tmp}/ptuning-docker-build.log" 2>&1 \
   || { tail -40 "${TMPDIR:-/tmp}/ptuning-docker-build.log" >&2; die "docker build failed (tail above; full log ${TMPDIR:-/tmp}/ptuning-docker-build.log)"; }
 grep -E '^Step [0-9]+/|Using cache|all declared dependencies|base image:' "${TMPDIR:-/tmp}/ptuning-docker-build.log" \
   | sed 's/^/    /' | tail -40 || true
 pass "image $TEST_IMAGE built: $(docker image inspect -f '{{.Size}}' "$TEST_IMAGE" | awk '{printf "%.1f GB", $1/1e9}')"
+# the image this build replaced would stay behind untagged, a few GB each time; remove it (not if a container uses it)
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$TEST_IMAGE")" ]; then
+  if docker rmi "$previous" >/dev/null 2>&1; then log "removed the image this build replaced (${previous:7:12})"; fi
+fi
 
 # ---- 4. the CLI in the container, through the same make target users call ------------------------------
 TMP="$(mktemp -d /tmp/ptuning-docker-test.XXXXXX)"
