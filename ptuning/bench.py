@@ -526,8 +526,9 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
     Each process warms up alone, then all start the timed steps together, and then all start decoding together
     (file barriers); the aggregate rate is all processes' steps (reviews) over the wall time from the first start
     to the last end. Raises RuntimeError with the failing worker's last output line if one fails.
-    The whole table's projection adds, per row, `fixed_per_row` (load, checkpoints, parameters: timed alone) and
-    the workers' warm-up beyond their steps, both shared among the `count` processes, and `startup` once.
+    The whole table's projection adds, per row, a process start (`run-all --concurrency` runs each job in a process
+    of its own), `fixed_per_row` (load, checkpoints, parameters: timed alone) and the workers' warm-up beyond their
+    steps, all shared among the `count` processes, and the parent's `startup` once.
     """
     import json
     import subprocess
@@ -569,8 +570,9 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
     steps_per_second = count * steps / train_wall
     reviews_per_second = count * eval_reviews / eval_wall
     setup = sum(x["setup_seconds"] for x in workers) / count
+    # run-all --concurrency K starts a process per job (ptuning/parallel.py): each job's start is shared out too
     table = (startup + TABLE_ROWS * TABLE_EPOCHS * (EPOCH_STEPS / steps_per_second + EVAL_REVIEWS / reviews_per_second)
-             + TABLE_ROWS * (setup + fixed_per_row) / count)
+             + TABLE_ROWS * (startup + setup + fixed_per_row) / count)
     return {"concurrency": count, "row": row, "steps": steps, "eval_reviews": eval_reviews,
             "aggregate_steps_per_second": steps_per_second, "aggregate_reviews_per_second": reviews_per_second,
             "train_wall_seconds": train_wall, "eval_wall_seconds": eval_wall, "setup_seconds": setup,
@@ -597,7 +599,7 @@ def concurrency_markdown(c: dict, single: PathResult, faithful: PathResult) -> l
         f"together; rates are all processes' work over the wall time from the first start to the last end",
         f"- fast path: {c['description']}; peak memory reserved per process: {mem}",
         f"- whole table at --concurrency {k}: a process start + 10 rows × 10 epochs of work at these aggregate rates + each "
-        f"row's warm-up, load and writes / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
+        f"row's process start, warm-up, load and writes / {k}, every row assumed to cost what this row costs; vs the exercise's loop one job at a time "
         f"({_fmt_seconds(faithful.table_seconds)}): **{faithful.table_seconds / c['table_seconds']:.2f}×**",
         "",
         f"| metric | one process | {k} at once | gain |",

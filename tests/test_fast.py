@@ -287,7 +287,8 @@ def test_bench_concurrency_runs_k_processes_together(tmp_path):
                                                               + single["artifact_seconds"])
     work = 782 / together["aggregate_steps_per_second"] + 25_000 / together["aggregate_reviews_per_second"]
     assert together["table_seconds"] == pytest.approx(together["startup_seconds"] + 100 * work
-                                                      + 10 * (together["setup_seconds"] + together["fixed_per_row_seconds"]) / 2)
+                                                      + 10 * (together["startup_seconds"] + together["setup_seconds"]
+                                                              + together["fixed_per_row_seconds"]) / 2)
 
 
 def test_file_barrier_waits_for_every_process(tmp_path):
