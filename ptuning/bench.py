@@ -97,6 +97,7 @@ class PathResult:
     checkpoint_seconds: float = 0.0  # one checkpoint of this row's state written (once per epoch)
     artifact_seconds: float = 0.0  # the trained parameters written (once per job)
     startup_seconds: float = 0.0  # a fresh process importing ptuning and initialising the device (once per run)
+    collate_seconds: float = 0.0  # making one training batch on the CPU (the next is made while a step runs)
 
     @property
     def steps_per_second(self) -> float:
@@ -174,6 +175,8 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     if path == "faithful":
         optimizer = make_optimizer(trainable, 1e-4, 0.01)
         prec = "fp32" if precision == "auto" else precision
+
+        train_collate = collate
 
         def run(pairs):
             train_epoch(model, loader(pairs, collate), optimizer, device, prec, "bench")
@@ -256,12 +259,18 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
         reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
         note = "yes" if reference == predictions else "NO"
+    batches = [train_pairs[i:i + batch_size] for i in range(0, n_steps * batch_size, batch_size)]
+    t0 = time.perf_counter()
+    for b in batches:
+        train_collate(b)
+    collate_seconds = (time.perf_counter() - t0) / max(len(batches), 1)
     writes = time_writes(job, method, model, optimizer, device, scratch) if scratch is not None else (0.0, 0.0)
     model = optimizer = None  # free the weights before the next path (closures above still name them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
-                      setup_seconds, windows, reserved, checkpoint_seconds=writes[0], artifact_seconds=writes[1])
+                      setup_seconds, windows, reserved, checkpoint_seconds=writes[0], artifact_seconds=writes[1],
+                      collate_seconds=collate_seconds)
 
 
 def time_writes(job, method, model, optimizer, device: torch.device, scratch: Path) -> tuple[float, float]:
@@ -383,6 +392,8 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
             ("steps/s", f"{a.steps_per_second:.2f}", f"{b.steps_per_second:.2f}", b.steps_per_second / a.steps_per_second),
             ("tokens/s", f"{a.tokens_per_second:,.0f}", f"{b.tokens_per_second:,.0f}", b.tokens_per_second / a.tokens_per_second),
             ("achieved TFLOP/s (6·N·tokens)", f"{a.tflops:.3g}", f"{b.tflops:.3g}", b.tflops / a.tflops),
+            ("training batch made on the CPU (while the step before runs)", f"{a.collate_seconds * 1e3:.2f} ms",
+             f"{b.collate_seconds * 1e3:.2f} ms", None),
             ("peak memory allocated", mem(a), mem(b), None),
             ("peak memory reserved (what the process held)", mem(a, "peak_reserved"), mem(b, "peak_reserved"), None),
             ("warm-up beyond its steps (once per run and batch shape)", _fmt_seconds(a.setup_seconds), _fmt_seconds(b.setup_seconds), None),
@@ -426,6 +437,7 @@ def summary(results: dict[str, tuple[PathResult, PathResult]], device: torch.dev
                 "peak_memory_bytes": r.peak_memory, "tflops": r.tflops, "table_seconds": r.table_seconds,
                 "setup_seconds": r.setup_seconds, "peak_reserved_bytes": r.peak_reserved, "load_seconds": r.load_seconds,
                 "checkpoint_seconds": r.checkpoint_seconds, "artifact_seconds": r.artifact_seconds,
+                "collate_seconds": r.collate_seconds,
                 "fast_decode_matches_generate": {"yes": True, "NO": False}.get(r.note)}
 
     return {

@@ -244,17 +244,25 @@ class Collator:
         self.pad_id = pad_id
 
     def __call__(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        return self.pad(batch, max(len(x) for x, _ in batch), max(len(y) for _, y in batch))
+
+    def pad(self, batch: list[tuple[list[int], list[int]]], in_len: int, out_len: int) -> dict[str, torch.Tensor]:
+        """The batch right-padded to `in_len` input and `out_len` label columns (each at least its longest).
+
+        Filled in numpy and handed to torch without a copy: about 10x faster than a tensor per row, which
+        matters when a training step takes milliseconds and the next batch is made while it runs."""
+        import numpy as np
+
         n = len(batch)
-        in_len = max(len(x) for x, _ in batch)
-        out_len = max(len(y) for _, y in batch)
-        input_ids = torch.full((n, in_len), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((n, in_len), dtype=torch.long)
-        labels = torch.full((n, out_len), IGNORE_INDEX, dtype=torch.long)
+        input_ids = np.full((n, in_len), self.pad_id, dtype=np.int64)
+        attention = np.zeros((n, in_len), dtype=np.int64)
+        labels = np.full((n, out_len), IGNORE_INDEX, dtype=np.int64)
         for i, (x, y) in enumerate(batch):
-            input_ids[i, : len(x)] = torch.tensor(x)
+            input_ids[i, : len(x)] = x
             attention[i, : len(x)] = 1
-            labels[i, : len(y)] = torch.tensor(y)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+            labels[i, : len(y)] = y
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+                "labels": torch.from_numpy(labels)}
 
 
 def build_datasets(job, tokenizer, placeholders: int, splits=None) -> tuple[ExamplesDataset, ExamplesDataset, list[list[int]]]:

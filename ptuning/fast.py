@@ -297,17 +297,9 @@ class BucketCollator(Collator):
         self.label_length = label_length
 
     def __call__(self, batch):
-        out = super().__call__(batch)
-        n, length = out["input_ids"].shape
+        length = max(len(x) for x, _ in batch)
         target = next((b for b in self.buckets if b >= length), length)
-        if target > length:
-            extra = target - length
-            out["input_ids"] = torch.cat([out["input_ids"], out["input_ids"].new_full((n, extra), self.pad_id)], 1)
-            out["attention_mask"] = torch.cat([out["attention_mask"], out["attention_mask"].new_zeros((n, extra))], 1)
-        if self.label_length is not None and out["labels"].shape[1] < self.label_length:
-            extra = self.label_length - out["labels"].shape[1]
-            out["labels"] = torch.cat([out["labels"], out["labels"].new_full((n, extra), IGNORE_INDEX)], 1)
-        return out
+        return self.pad(batch, target, max(max(len(y) for _, y in batch), self.label_length or 0))
 
 
 def train_loader(job, dataset, tokenizer, the_plan: Plan, generator: torch.Generator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ptuning import data
 from ptuning.errors import PtuningError
@@ -126,6 +127,9 @@ def test_collator_pads_right_with_minus_100_labels():
     assert out["input_ids"].tolist() == [[5, 6, 1], [5, 1, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert out["labels"].tolist() == [[7, 1, -100], [8, 9, 1]]
+    assert all(t.dtype == torch.long for t in out.values())  # what embedding lookups and the loss take
+    out["input_ids"][0, 0] = 3  # the batch owns its memory: writable, not a view of the examples
+    assert batch[0][0] == [5, 6, 1]
 
 
 def test_placeholders_get_attention_one():

@@ -257,12 +257,13 @@ def test_bench_prints_both_paths(tmp_path, monkeypatch):
     assert fast["step_seconds"] > 0 and fast["eval_seconds_per_review"] == pytest.approx(fast["eval_seconds"] / 8)
     assert fast["fast_decode_matches_generate"] is True and measured["rows"]["full_ft"]["faithful"]["peak_memory_bytes"] is None
     # a job's time besides train and eval is timed too, and the whole table is made of exactly these parts
-    for needle in ("process start", "saved model loaded, method applied, on the device (once per job)",
+    for needle in ("training batch made on the CPU (while the step before runs)", "process start", "saved model loaded, method applied, on the device (once per job)",
                    "checkpoint written (once per epoch)", "trained parameters written (once per job)"):
         assert needle in text, needle
     assert measured["startup_seconds"] > 0
     for path in measured["rows"]["full_ft"].values():
         assert path["load_seconds"] > 0 and path["checkpoint_seconds"] > 0 and path["artifact_seconds"] > 0
+        assert 0 < path["collate_seconds"] < path["step_seconds"]
         job = path["load_seconds"] + path["setup_seconds"] + 10 * path["checkpoint_seconds"] + path["artifact_seconds"]
         epoch = 782 * path["step_seconds"] + 25_000 * path["eval_seconds_per_review"]
         assert path["table_seconds"] == pytest.approx(measured["startup_seconds"] + 10 * (10 * epoch + job))
