@@ -92,7 +92,8 @@ class PathResult:
     setup_seconds: float = 0.0  # the warm-up's cost beyond its steps (capture, compile, lazy initialisation)
     windows: dict = field(default_factory=dict)  # wall-clock (time.time) start and end of the timed train and eval parts
     peak_reserved: int | None = None  # what the process held (a CUDA graph's pool included)
-    # what a job does besides training and evaluating, timed the way the runner does it (`fixed_costs`)
+    # what a job does besides training and evaluating, timed with the runner's own calls (time_load, time_writes,
+    # time_startup)
     load_seconds: float = 0.0  # the saved model read from disk, the method applied, moved to the device (once per job)
     checkpoint_seconds: float = 0.0  # one checkpoint of this row's state written (once per epoch)
     artifact_seconds: float = 0.0  # the trained parameters written (once per job)
@@ -315,15 +316,20 @@ def time_load(job, config, device: torch.device, model_dir: Path) -> float:
 def time_startup(device: torch.device) -> float:
     """Seconds for a fresh Python process to import ptuning's runner (torch, transformers, the method libraries
     it imports at start) and initialise `device`: what each `ptuning` process pays before its first job."""
+    import os
     import subprocess
+
+    from ptuning.errors import PtuningError
 
     code = ("import torch, ptuning.cli, ptuning.runner\n"
             f"torch.zeros(1, device={str(device)!r}).sum().item()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # imports what this process imports
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"timing a process start failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PtuningError(f"bench: a fresh Python process could not import ptuning and use {device} ({last})")
     return seconds
 
 

@@ -61,11 +61,13 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def splits_for(job: Job):
+def splits_for(job: Job, cache: dict | None = None):
+    """The job's dataset splits, loaded once per process (or per `cache`) and shared by the jobs that name it."""
+    cache = _SPLITS if cache is None else cache
     key = (job.dataset, job.dataset_config)
-    if key not in _SPLITS:
-        _SPLITS[key] = data_mod.load_splits(job.dataset, job.dataset_config)
-    return _SPLITS[key]
+    if key not in cache:
+        cache[key] = data_mod.load_splits(job.dataset, job.dataset_config)
+    return cache[key]
 
 
 def check_writable(directory: Path) -> None:

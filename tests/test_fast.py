@@ -300,3 +300,17 @@ def test_file_barrier_waits_for_every_process(tmp_path):
         first("train")  # the other process never came
     (tmp_path / "eval.1").touch()
     first("eval")  # it is there: no wait
+
+
+def test_bench_says_in_one_line_when_a_fresh_process_cannot_start(monkeypatch):
+    import subprocess
+
+    from ptuning.bench import time_startup
+    from ptuning.errors import PtuningError
+
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: real([cmd[0], "-c", "raise SystemExit('no torch here')"], **kw))
+    with pytest.raises(PtuningError, match=r"^bench: a fresh Python process could not import ptuning and use cpu \(no torch here\)$"):
+        time_startup(torch.device("cpu"))
+    monkeypatch.undo()
+    assert time_startup(torch.device("cpu")) > 0
