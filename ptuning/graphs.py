@@ -114,6 +114,9 @@ class GraphedTrainStep:
         """(graph, output): `fn`'s kernels captured, not run (its output tensor is filled by each replay)."""
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
+        # the warm-up step's activations were cached for the side stream, where nothing else will reuse them; handed
+        # back now, they do not stay reserved beside the graph's own pool (and the evaluation's, on the main stream)
+        torch.cuda.empty_cache()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = fn()
         return graph, out
