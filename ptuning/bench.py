@@ -151,7 +151,7 @@ def _build(job, config, device: torch.device, seed: int):
 
 def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
                seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
-               fast_eval_batch_size: int = 512, cuda_graphs: bool = True,
+               fast_eval_batch_size: int | None = None, cuda_graphs: bool = True,
                barrier: Callable[[str], None] | None = None, scratch: Path | None = None) -> PathResult:
     """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast'); with `scratch`
     (a directory), also the job's writes: a checkpoint and the trained parameters, as the runner writes them."""
@@ -160,6 +160,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
     from ptuning.methods import count_parameters
     from ptuning.train import make_optimizer, train_epoch
 
+    fast_eval_batch_size = fast_eval_batch_size or fast.FAST_EVAL_BATCH_SIZE  # the job's setting, else the default
     model, method = _build(job, config, device, seed)
     params = count_parameters(model)[0]
     trainable = [p for _, p in method.trainable_parameters(model)]
@@ -493,7 +494,7 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
                 echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews, "
                      f"a checkpoint and the parameters written, on {device}")
                 r = bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
-                               job.eval_batch_size, job.settings.get("fast_eval_batch_size", 512), cuda_graphs, scratch=scratch)
+                               job.eval_batch_size, job.settings.get("fast_eval_batch_size"), cuda_graphs, scratch=scratch)
                 r.load_seconds, r.startup_seconds = load, startup
                 pair.append(r)
             results[job.name] = tuple(pair)
@@ -647,7 +648,7 @@ def _worker(argv: list[str] | None = None) -> int:
     job = load_job(a.row, Path(a.jobs_dir) if a.jobs_dir else None)
     train, warm, evals = bench_data(job, config, a.steps, default_warmup(device), a.eval_reviews, a.batch_size, a.max_length, a.seed)
     r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,
-                   job.settings.get("fast_eval_batch_size", 512), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
+                   job.settings.get("fast_eval_batch_size"), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
     Path(a.output).write_text(json.dumps({"step_seconds": r.step_seconds, "eval_seconds": r.eval_seconds, "windows": r.windows,
                                           "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_reserved or r.peak_memory,
                                           "description": r.description}))

@@ -38,6 +38,12 @@ from ptuning.train import NonFiniteLoss, StopEpoch, autocast
 
 #: on CUDA, read the losses back (and check them) every this many steps instead of every step
 SYNC_EVERY = 50
+#: the fast evaluation's batch (`fast_eval_batch_size`): sorted batches of 256 reviews of up to 256 tokens keep a
+#: GPU busy, and the encoder's attention temporaries grow with the batch ([batch, 8 heads, 256, 256] in fp32 for
+#: the softmax and the position bias plus mask); on CPU in fp32 a t5-small greedy pass held about 10 MiB more per
+#: review of 256 tokens (1.24 GiB at 128 reviews, 0.58 at 64), so 512 would add about 5 GiB beside the training
+#: step's memory, against the 8 GB a job may hold
+FAST_EVAL_BATCH_SIZE = 256
 #: generation-config fields that must hold their neutral value for greedy argmax == generate
 _NEUTRAL = {
     "repetition_penalty": (None, 1.0),
@@ -105,7 +111,7 @@ def plan(job, device: torch.device, echo: Callable[[str], None] | None = None) -
         precision=precision,
         compile=want_compile,
         graphs=fast and cuda and not want_compile and bool(_setting(job, "cuda_graphs", True)),
-        eval_batch_size=_setting(job, "fast_eval_batch_size", 512) if fast else job.eval_batch_size,
+        eval_batch_size=_setting(job, "fast_eval_batch_size", FAST_EVAL_BATCH_SIZE) if fast else job.eval_batch_size,
         pin_memory=cuda,
         fused_adamw=fast and cuda,
         sync_every=SYNC_EVERY if fast and cuda else 1,
@@ -225,7 +231,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, pin: bool) 
 
 
 @torch.no_grad()
-def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: int = 512, max_length: int = 5,
+def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: int = FAST_EVAL_BATCH_SIZE, max_length: int = 5,
                  precision: str = "fp32", description: str = "eval") -> tuple[list[str], list[str]]:
     """(predicted words, gold words) in dataset order; the same predictions as `evaluate.predict`.
 
@@ -265,7 +271,7 @@ def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: in
     return predictions, golds  # type: ignore[return-value]
 
 
-def evaluate(model, dataset, tokenizer, label_words: list[str], device: torch.device, batch_size: int = 512,
+def evaluate(model, dataset, tokenizer, label_words: list[str], device: torch.device, batch_size: int = FAST_EVAL_BATCH_SIZE,
              max_length: int = 5, precision: str = "fp32", description: str = "eval") -> float:
     from ptuning.evaluate import accuracy
 

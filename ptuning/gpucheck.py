@@ -328,7 +328,7 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
                 for module in model.modules():  # the method's own dropout too (PEFT's lora_dropout)
                     if isinstance(module, torch.nn.Dropout):
                         module.p = 0.0
-                plan = fast.plan(_JobLike(job, precision, False, 512, graphs), device)
+                plan = fast.plan(_JobLike(job, precision, False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
                 trainable = [p for _, p in method.trainable_parameters(model)]
                 optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
                 step = GraphedTrainStep(model, optimizer, device, precision) if graphs else None

@@ -196,7 +196,7 @@ def test_plan_resolves_auto_per_device():
     assert forced.fast and forced.precision == "fp32" and not forced.compile and "CUDA only" in messages[0]
     assert fast.plan(job.override(speed="fast", precision="bf16"), CPU).precision == "bf16"
     cuda = fast.plan(job, torch.device("cuda"))  # planning only: nothing touches a GPU
-    assert (cuda.fast, cuda.precision, cuda.eval_batch_size, cuda.fused_adamw, cuda.pin_memory) == (True, "bf16", 512, True, True)
+    assert (cuda.fast, cuda.precision, cuda.eval_batch_size, cuda.fused_adamw, cuda.pin_memory) == (True, "bf16", 256, True, True)
     assert cuda.graphs and not cpu.graphs and not forced.graphs  # CUDA graphs: the fast path's default, on CUDA only
     assert not fast.plan(job.override(cuda_graphs=False), torch.device("cuda")).graphs
     assert not fast.plan(job.override(compile=True), torch.device("cuda")).graphs  # compile is used instead
