@@ -5,7 +5,7 @@ What it changes, and what it does not (see README "Speed"):
 * Evaluation (`fast_predict`): inputs sorted by length into large batches (`fast_eval_batch_size`), one
   encoder pass, then a hand-written greedy loop over the decoder's KV cache, argmax over the vocabulary,
   stopping when every sequence has produced </s> or `max_length` is reached; predictions are put back in
-  dataset order. It computes what `model.generate(max_length, do_sample=False, num_beams=1)` computes (same
+  dataset order. On CUDA a loader worker makes (and the loader pins) the next batches while the GPU decodes. It computes what `model.generate(max_length, do_sample=False, num_beams=1)` computes (same
   forward calls, same argmax), so its token ids are the same; tests/test_fast.py checks that for every method.
   A model whose generation config would make `generate` do more than plain greedy argmax (repetition penalty,
   forced tokens, ...) or a PEFT prompt-learning wrapper falls back to `generate` (`fallback_reason`).
@@ -224,19 +224,37 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device, pin: bool) -> dict[str, torch.Tensor]:
-    if pin:
-        batch = {k: v.pin_memory() for k, v in batch.items()}
-    return {k: v.to(device, non_blocking=pin) for k, v in batch.items()}
+class _Inputs(torch.utils.data.Dataset):
+    """The evaluation inputs as (input_ids, dummy target) pairs for the collator."""
+
+    def __init__(self, inputs: Sequence[list[int]]):
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.inputs[i], [1]
+
+
+def eval_loader(inputs: Sequence[list[int]], chunks: list[list[int]], pad_id: int, device: torch.device,
+                workers: int | None = None) -> torch.utils.data.DataLoader:
+    """The evaluation batches, in `chunks` order. On CUDA a worker process makes the next batches and the loader
+    pins them while the GPU decodes the current one (`workers`: 1 on CUDA, 0, i.e. in this process, elsewhere)."""
+    if workers is None:
+        workers = 1 if device.type == "cuda" else 0
+    return torch.utils.data.DataLoader(_Inputs(inputs), batch_sampler=chunks, collate_fn=Collator(pad_id), num_workers=workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
 
 
 @torch.no_grad()
 def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: int = FAST_EVAL_BATCH_SIZE, max_length: int = 5,
-                 precision: str = "fp32", description: str = "eval") -> tuple[list[str], list[str]]:
+                 precision: str = "fp32", description: str = "eval", workers: int | None = None) -> tuple[list[str], list[str]]:
     """(predicted words, gold words) in dataset order; the same predictions as `evaluate.predict`.
 
     `dataset` is an `ExamplesDataset` (anything with `.inputs` and `.targets` lists, or indexable
     (input_ids, target_ids) pairs). Falls back to `generate` (same batching) where `fallback_reason` says so.
+    `workers`: processes making the batches (see `eval_loader`).
     """
     from tqdm.auto import tqdm
 
@@ -246,17 +264,15 @@ def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: in
         pairs = [dataset[i] for i in range(len(dataset))]
         inputs, targets = [x for x, _ in pairs], [y for _, y in pairs]
     reason = fallback_reason(model)
-    collate = Collator(tokenizer.pad_token_id)
-    pin = device.type == "cuda"
+    chunks = length_sorted_batches([len(x) for x in inputs], batch_size)
+    batches = eval_loader(inputs, chunks, tokenizer.pad_token_id, device, workers)
     predictions: list[str | None] = [None] * len(inputs)
     was_training = model.training
     model.eval()
     try:
-        for chunk in tqdm(length_sorted_batches([len(x) for x in inputs], batch_size), desc=description, leave=False,
-                          dynamic_ncols=True, disable=None):
-            batch = collate([(inputs[i], [1]) for i in chunk])
-            batch.pop("labels")
-            batch = _to_device(batch, device, pin)
+        for chunk, batch in tqdm(zip(chunks, batches), total=len(chunks), desc=description, leave=False, dynamic_ncols=True,
+                                 disable=None):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
             with autocast(device, precision):
                 if reason is None:
                     out = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_length)

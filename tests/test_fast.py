@@ -111,8 +111,8 @@ def test_fast_predict_sorted_batches_equal_predict_in_dataset_order(tiny_model, 
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.Collator(tok.pad_token_id))
     model.train()
     expected, golds = predict(model, loader, tok, CPU, max_length=5)
-    for batch_size in (5, 64):
-        got, got_golds = fast.fast_predict(model, ds, tok, CPU, batch_size=batch_size, max_length=5)
+    for batch_size, workers in ((5, None), (64, None), (5, 1)):  # workers=1: batches made in another process, as on CUDA
+        got, got_golds = fast.fast_predict(model, ds, tok, CPU, batch_size=batch_size, max_length=5, workers=workers)
         assert got == expected and got_golds == golds
     assert model.training  # mode restored
 
@@ -124,6 +124,19 @@ def test_generation_config_that_is_not_plain_greedy_falls_back_to_generate(tiny_
     ds = _dataset(tok, tiny_data_dir, n=12)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.Collator(tok.pad_token_id))
     assert fast.fast_predict(model, ds, tok, CPU, batch_size=5)[0] == predict(model, loader, tok, CPU)[0]
+
+
+def test_eval_loader_gives_the_sorted_batches_in_order_pinned_on_cuda():
+    inputs = [[3] * n + [1] for n in (5, 1, 9, 3, 7)]
+    chunks = fast.length_sorted_batches([len(x) for x in inputs], 2)
+    assert chunks == [[2, 4], [0, 3], [1]]
+    for workers in (0, 1):
+        batches = list(fast.eval_loader(inputs, chunks, 0, CPU, workers))
+        assert [b["input_ids"].tolist() for b in batches] == [data.Collator(0)([(inputs[i], [1]) for i in c])["input_ids"].tolist()
+                                                              for c in chunks]
+    cuda = fast.eval_loader(inputs, chunks, 0, torch.device("cuda"))  # planning only: nothing touches a GPU
+    assert (cuda.num_workers, cuda.pin_memory) == (1, True)
+    assert fast.eval_loader(inputs, chunks, 0, CPU).num_workers == 0
 
 
 def test_length_sorted_batches_cover_every_index_once():
