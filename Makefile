@@ -9,7 +9,7 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test smoke run tables params bench clean
+.PHONY: help install test smoke run tables params bench gpu-check clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ params: install  ## parameter counts of every job vs the analytic formulas (no d
 
 bench: install  ## time the exercise's loop vs the fast path on this device (random weights, no download)
 	$(BIN)/ptuning bench --output $(RESULTS)/bench.md --json $(RESULTS)/bench.json $(ARGS)
+
+gpu-check: install  ## on a GPU: bench + a scaled run-all vs its projection -> results/BENCHMARKS.md (ARGS e.g. --budget 900)
+	PYTHON=$(BIN)/python bash scripts/gpu-check.sh --device cuda $(ARGS)
 
 clean:  ## remove caches (keeps .venv and results)
 	rm -rf .pytest_cache .hypothesis build *.egg-info
