@@ -158,6 +158,33 @@ def test_overheads_times_every_jobs_data_and_the_tables(tmp_path, tiny_model_dir
     assert overheads(str(tiny_model_dir), str(tiny_data_dir), 16, 8)["tables_plots"] is None
 
 
+def test_the_issues_checks_say_met_not_met_or_not_measured():
+    from ptuning.gpucheck import checks, comparison
+
+    bench = {"rows": {"full_ft": {"faithful": {**BENCH["rows"]["full_ft"]["faithful"], "table_seconds": 8000.0},
+                                  "fast": {**BENCH["rows"]["full_ft"]["fast"], "table_seconds": 1000.0}},
+                      "lora_8_peft": {"faithful": {**BENCH["rows"]["lora_8_peft"]["faithful"], "table_seconds": 9000.0},
+                                      "fast": {**BENCH["rows"]["lora_8_peft"]["fast"], "table_seconds": 1200.0}}}}
+    results = [_result("zero_shot", 0, 0, 0.0, 0.4, peak=int(1e9)), _result("full_ft", 1, 2, 3.9, 1.2, peak=int(3.5e9))]
+    comp = comparison(bench, results, 1000, 500, wall=None, expected_jobs=2)
+    got = checks(bench, comp)
+    # serial: the mean of the benched rows' tables, 8500 s / 1100 s; reserved memory (2 x allocated here) counts
+    assert [c["met"] for c in got] == [False, False, None, True]
+    assert got[0]["value"] == "7.73× (target ≥ 10×)" and "one job at a time" in got[0]["check"]
+    assert got[1]["value"] == "1100.0 s (18.33 min) (target ≤ 15 min)"
+    assert got[3]["value"] == "7.00 GB (target < 8 GB)"
+    # 4 jobs at once on full_ft: compared with full_ft's own exercise loop
+    together = {**bench, "concurrent": {"concurrency": 4, "row": "full_ft", "table_seconds": 700.0}}
+    comp = comparison(together, [*results[:1], _result("full_ft", 1, 2, 3.9, 1.2, peak=int(4.5e9))], 1000, 500, wall=1.0,
+                      expected_jobs=2)
+    got = checks(together, comp)
+    assert got[0]["value"].startswith("11.43×") and "4 jobs at once" in got[0]["check"] and got[0]["met"] is True
+    assert got[1]["met"] is True and got[2]["met"] is False and got[3]["met"] is False  # 9.0 GB reserved
+    assert checks(together, comp, concurrency=4)[2] == {"check": "scaled run-all vs its projection",
+                                                        "value": "not compared (jobs ran 4 at a time)", "met": None}
+    assert [c["met"] for c in checks(None, comparison(None, [], 1, 1, None, 2))] == [None, None, None]
+
+
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout")
 def test_gpu_check_script_quick_on_cpu(tmp_path):
     """The GPU check's every step at tiny sizes on CPU: assets, bench, run-all over all rows, the report, $OUT."""
@@ -182,7 +209,8 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     assert comp["projected_wall"] > comp["projected"] and comp["outside_jobs"] is not None
     assert {j["speed"]["path"] for j in comp["jobs"]} == {"faithful"}  # what `auto` runs on CPU
     text = (out / "BENCHMARKS.md").read_text()
-    for needle in ("timed apart: tables and plots", "| projected: run-all wall time (process start + the whole jobs + tables and plots) |",
+    assert [c["met"] for c in summary["checks"]][-1] is None  # no GPU: no memory figure
+    for needle in ("## The issue's checks", "timed apart: tables and plots", "| projected: run-all wall time (process start + the whole jobs + tables and plots) |",
                    "# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
                    "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
         assert needle in text, needle
