@@ -29,7 +29,8 @@ def write_error(path: Path, exc: OSError) -> PtuningError:
     return PtuningError(f"cannot write {path}: {reason}; {hint}")
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree, if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -69,15 +70,15 @@ def atomic_save(path: Path, writer: Callable[[Path], object]) -> Path:
                 old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 os.replace(path, old)
                 os.replace(tmp, path)
-                _remove(old)
+                remove(old)
             else:
                 os.replace(tmp, path)
         else:
             raise OSError(errno.ENOENT, "nothing was written", str(tmp))
     except OSError as exc:
-        _remove(tmp)
+        remove(tmp)
         raise write_error(path, exc) from None
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -29,15 +28,6 @@ EPOCH_STEPS = 782  # 25,000 reviews at batch 32
 EVAL_REVIEWS = 25_000
 TABLE_ROWS, TABLE_EPOCHS = 10, 10
 LABEL_IDS = {"t5-small": [[2841, 1], [1465, 1]]}  # "negative</s>", "positive</s>" in the t5-small vocabulary
-
-
-def small_config():
-    """A small T5 (2+2 blocks, d_model 64) with t5-small's vocabulary size: a CPU bench in seconds."""
-    from transformers import T5Config
-
-    return T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
-                    relative_attention_num_buckets=32, dropout_rate=0.1, feed_forward_proj="relu",
-                    tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
 def synthetic_examples(n: int, max_length: int, vocab: int, placeholders: int, seed: int, full_fraction: float = 0.48,
@@ -181,7 +171,7 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         train_collate = collate
 
         def run(pairs):
-            train_epoch(model, loader(pairs, collate), optimizer, device, prec, "bench")
+            train_epoch(model, loader(pairs, train_collate), optimizer, device, prec, "bench")
 
         description = f"{prec}, eager, dynamic padding, generate (batch {eval_batch_size})"
     else:
@@ -279,7 +269,7 @@ def time_writes(job, method, model, optimizer, device: torch.device, scratch: Pa
     """(seconds to write one checkpoint, seconds to write the trained parameters) of this job's state, with the
     runner's own calls (`checkpoint.save_state`, `atomic_save` of `method.save`), into `scratch`; removed after."""
     from ptuning import checkpoint
-    from ptuning.atomic import atomic_save
+    from ptuning.atomic import atomic_save, remove
 
     ckpt = scratch / checkpoint.CHECKPOINT_FILE
     t0 = time.perf_counter()
@@ -288,9 +278,9 @@ def time_writes(job, method, model, optimizer, device: torch.device, scratch: Pa
     t1 = time.perf_counter()
     artifact = atomic_save(scratch / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None
     t2 = time.perf_counter()
-    ckpt.unlink()
+    remove(ckpt)
     if artifact is not None:
-        shutil.rmtree(artifact) if artifact.is_dir() else artifact.unlink()
+        remove(artifact)
     return t1 - t0, t2 - t1
 
 
@@ -468,9 +458,9 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
     """
     from ptuning.jobs import load_job
     from ptuning.methods import count_parameters
-    from ptuning.tiny import t5_small_config
+    from ptuning.tiny import sized_config
 
-    config = t5_small_config() if size == "t5-small" else small_config()
+    config = sized_config(size)
     from transformers import T5ForConditionalGeneration
 
     params = count_parameters(T5ForConditionalGeneration(config))[0]
@@ -551,7 +541,6 @@ def concurrent_fast(device: torch.device, size: str, steps: int, row: str, count
     """
     import json
     import subprocess
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ptuning-bench-") as tmp:
         work = Path(tmp)
@@ -634,7 +623,7 @@ def _worker(argv: list[str] | None = None) -> int:
     import json
 
     from ptuning.jobs import load_job
-    from ptuning.tiny import t5_small_config
+    from ptuning.tiny import sized_config
 
     parser = argparse.ArgumentParser(prog="python -m ptuning.bench")
     for name, kind in (("--barrier", str), ("--index", int), ("--count", int), ("--device", str), ("--size", str), ("--steps", int),
@@ -644,7 +633,7 @@ def _worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graphs", action="store_true")
     a = parser.parse_args(argv)
     device = torch.device(a.device)
-    config = t5_small_config() if a.size == "t5-small" else small_config()
+    config = sized_config(a.size)
     job = load_job(a.row, Path(a.jobs_dir) if a.jobs_dir else None)
     train, warm, evals = bench_data(job, config, a.steps, default_warmup(device), a.eval_reviews, a.batch_size, a.max_length, a.seed)
     r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,

@@ -5,8 +5,9 @@ What it changes, and what it does not (see README "Speed"):
 * Evaluation (`fast_predict`): inputs sorted by length into large batches (`fast_eval_batch_size`), one
   encoder pass, then a hand-written greedy loop over the decoder's KV cache, argmax over the vocabulary,
   stopping when every sequence has produced </s> or `max_length` is reached; predictions are put back in
-  dataset order. On CUDA a loader worker makes (and the loader pins) the next batches while the GPU decodes. It computes what `model.generate(max_length, do_sample=False, num_beams=1)` computes (same
-  forward calls, same argmax), so its token ids are the same; tests/test_fast.py checks that for every method.
+  dataset order. On CUDA a loader worker makes (and the loader pins) the next batches while the GPU decodes.
+  It computes what `model.generate(max_length, do_sample=False, num_beams=1)` computes (same forward calls,
+  same argmax), so its token ids are the same; tests/test_fast.py checks that for every method.
   A model whose generation config would make `generate` do more than plain greedy argmax (repetition penalty,
   forced tokens, ...) or a PEFT prompt-learning wrapper falls back to `generate` (`fallback_reason`).
 * Training (`train_epoch`): bf16 autocast where `precision` resolves to bf16, pinned host memory and

@@ -124,28 +124,31 @@ def checks(bench: dict | None, comp: dict, concurrency: int = 1) -> list[dict[st
     if together.get("table_seconds") and reference and (best is None or together["table_seconds"] < best):
         # the K processes ran one row: compare with that row's exercise loop, as the bench does
         baseline, best, best_label = reference, together["table_seconds"], f"{together['concurrency']} jobs at once"
+    def check(label: str, value: str, met: bool | None) -> None:
+        out.append({"check": label, "value": value, "met": met})
+
     if baseline and best:
         ratio = baseline / best
-        out.append({"check": f"whole table, fast path ({best_label}) vs the exercise's loop (bench projection)",
-                    "value": f"{ratio:.2f}× (target ≥ {TARGET_RATIO:g}×)", "met": ratio >= TARGET_RATIO})
-        out.append({"check": f"whole table on the fast path ({best_label}, bench projection)",
-                    "value": f"{_s(best)} (target ≤ {TARGET_SECONDS // 60} min)", "met": best <= TARGET_SECONDS})
+        check(f"whole table, fast path ({best_label}) vs the exercise's loop (bench projection)",
+              f"{ratio:.2f}× (target ≥ {TARGET_RATIO:g}×)", ratio >= TARGET_RATIO)
+        check(f"whole table on the fast path ({best_label}, bench projection)",
+              f"{_s(best)} (target ≤ {TARGET_SECONDS // 60} min)", best <= TARGET_SECONDS)
     else:
-        out.append({"check": "whole table, fast path vs the exercise's loop", "value": "not measured (no bench)", "met": None})
+        check("whole table, fast path vs the exercise's loop", "not measured (no bench)", None)
+    runall = "scaled run-all's wall time vs its projection"
     if concurrency > 1:
-        out.append({"check": "scaled run-all vs its projection", "value": f"not compared (jobs ran {concurrency} at a time)", "met": None})
+        check(runall, f"not compared (jobs ran {concurrency} at a time)", None)
     elif "wall_ratio" in comp:
-        out.append({"check": "scaled run-all's wall time vs its projection", "value": f"{comp['wall_ratio']:.2f}× (within "
-                    f"{TOLERANCE:.0%})", "met": comp["wall_within"]})
+        check(runall, f"{comp['wall_ratio']:.2f}× (within {TOLERANCE:.0%})", comp["wall_within"])
     else:
-        out.append({"check": "scaled run-all's wall time vs its projection", "value": "not compared (see section 2)", "met": None})
+        check(runall, "not compared (see section 2)", None)
     peaks = [j.get("peak_gpu_memory_reserved_bytes") or j.get("peak_gpu_memory_bytes") for j in comp.get("jobs", [])]
     peaks = [p for p in peaks if p is not None]
+    memory = "largest peak GPU memory reserved by one job (run-all)"
     if peaks:
-        out.append({"check": "largest peak GPU memory reserved by one job (run-all)", "value": f"{max(peaks) / 1e9:.2f} GB "
-                    f"(target < {MEMORY_LIMIT / 1e9:g} GB)", "met": max(peaks) < MEMORY_LIMIT})
+        check(memory, f"{max(peaks) / 1e9:.2f} GB (target < {MEMORY_LIMIT / 1e9:g} GB)", max(peaks) < MEMORY_LIMIT)
     else:
-        out.append({"check": "largest peak GPU memory reserved by one job (run-all)", "value": "not measured (no GPU job)", "met": None})
+        check(memory, "not measured (no GPU job)", None)
     return out
 
 
@@ -358,12 +361,12 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
     import torch
 
     from ptuning import fast
-    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, small_config, synthetic_examples
+    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, synthetic_examples
     from ptuning.graphs import GraphedTrainStep
     from ptuning.jobs import load_job
-    from ptuning.tiny import t5_small_config
+    from ptuning.tiny import sized_config
 
-    config = t5_small_config() if size == "t5-small" else small_config()
+    config = sized_config(size)
     config.dropout_rate = 0.0
     lines = [f"graphed vs eager training, {steps} steps of batch 32, dropout 0, same seed and data, on {device}", "",
              "| row | precision | first loss (eager) | last loss (eager) | max relative difference over the steps | graphs |",

@@ -188,14 +188,15 @@ def run_job(
 
     started = time.perf_counter()
     setup_seconds = started - entered  # load, method, data, device (before the first step: not in wall_seconds)
-    saving = [0.0]  # seconds spent writing checkpoints and the trained parameters (inside wall_seconds)
+    save_seconds = 0.0  # spent writing checkpoints and the trained parameters (inside wall_seconds)
 
     def save_checkpoint(generator_state, step: int, loss_total: float, step_seconds: float) -> None:
+        nonlocal save_seconds
         t = time.perf_counter()
         checkpoint.save_state(ckpt_path, config, method, model, optimizer, device, generator=generator_state, epochs=epochs,
                               step=step, loss_total=loss_total, step_seconds=step_seconds,
                               wall_seconds=prior_wall + t - started)
-        saving[0] += time.perf_counter() - t
+        save_seconds += time.perf_counter() - t
 
     def should_stop() -> bool:
         return stop is not None and stop.requested
@@ -253,7 +254,7 @@ def run_job(
     rdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     artifact = atomic_save(rdir / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None
-    saving[0] += time.perf_counter() - t
+    save_seconds += time.perf_counter() - t
     result = {
         "job": job.name,
         "title": job.title,
@@ -273,7 +274,7 @@ def run_job(
         # outside train + eval: before the first step (this process's load, method, tokenizing, device), and the
         # checkpoint and parameter writes inside wall_seconds
         "setup_seconds": setup_seconds,
-        "save_seconds": saving[0],
+        "save_seconds": save_seconds,
         "resumed_from": resumed_from,
         "speed": {**speed.describe(), **({"cuda_graphs": graphed.describe()} if graphed is not None else {})},
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

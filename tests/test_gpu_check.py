@@ -16,6 +16,20 @@ from tests.conftest import REPO
 GIB = 2**30
 
 
+def test_sized_configs_have_t5_smalls_rules_and_their_own_shapes():
+    from transformers import T5ForConditionalGeneration
+
+    from ptuning.methods import count_parameters
+    from ptuning.tiny import sized_config
+
+    small, full = sized_config("small"), sized_config("t5-small")
+    assert count_parameters(T5ForConditionalGeneration(small))[0] == 2_286_592
+    assert count_parameters(T5ForConditionalGeneration(full))[0] == 60_506_624
+    for config in (small, full):
+        assert (config.vocab_size, config.feed_forward_proj, config.dropout_rate, config.tie_word_embeddings) == (32128, "relu", 0.1, True)
+        assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (0, 1, 0)
+
+
 def test_t5_small_shaped_assets_load_with_t5_small_counts_and_imdb_lengths(tmp_path):
     from ptuning.data import preprocess
     from ptuning.methods import count_parameters
@@ -180,7 +194,7 @@ def test_the_issues_checks_say_met_not_met_or_not_measured():
     got = checks(together, comp)
     assert got[0]["value"].startswith("11.43×") and "4 jobs at once" in got[0]["check"] and got[0]["met"] is True
     assert got[1]["met"] is True and got[2]["met"] is False and got[3]["met"] is False  # 9.0 GB reserved
-    assert checks(together, comp, concurrency=4)[2] == {"check": "scaled run-all vs its projection",
+    assert checks(together, comp, concurrency=4)[2] == {"check": "scaled run-all's wall time vs its projection",
                                                         "value": "not compared (jobs ran 4 at a time)", "met": None}
     assert [c["met"] for c in checks(None, comparison(None, [], 1, 1, None, 2))] == [None, None, None]
 
