@@ -468,14 +468,14 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
         eval_reviews = 2048 if device.type == "cuda" else 64
     if warmup is None:
         warmup = default_warmup(device, compile)
+    jobs = [load_job(ref, jobs_dir) for ref in rows]  # an unknown row fails before anything is timed
     results = {}
     echo(f"bench: a fresh process's start on {device}")
     startup = time_startup(device)
     with tempfile.TemporaryDirectory(prefix="ptuning-bench-") as tmp:
         scratch = Path(tmp)
         T5ForConditionalGeneration(config).save_pretrained(scratch / "model")  # for the load timing (untimed)
-        for ref in rows:
-            job = load_job(ref, jobs_dir)
+        for job in jobs:
             train, warm, evals = bench_data(job, config, steps, warmup, eval_reviews, batch_size, max_length, seed)
             echo(f"bench: {job.name}: loading the saved model, applying the method, moving it to {device}")
             load = time_load(job, config, device, scratch / "model")

@@ -327,3 +327,9 @@ def test_bench_says_in_one_line_when_a_fresh_process_cannot_start(monkeypatch):
         time_startup(torch.device("cpu"))
     monkeypatch.undo()
     assert time_startup(torch.device("cpu")) > 0
+
+
+def test_bench_with_an_unknown_row_is_one_line_before_anything_is_timed():
+    result = _invoke("bench", "--device", "cpu", "--rows", "full_ft,no_such_row", "--steps", "1", "--eval-reviews", "4")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"ptuning: error: no job named 'no_such_row' in {JOBS}; nearest: zero_shot (see `ptuning list`)"
