@@ -119,8 +119,21 @@ def cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """What the tokenizer does to a text, not the truncation/padding left set by its last call.
+
+    A fast tokenizer's backend keeps the truncation of the call before (`max_length` included) in its
+    serialized state; with it in the fingerprint, the split tokenized after another one got a different
+    cache key than in a fresh process, and was tokenized again on the next run. `max_length` is part of
+    the cache key on its own.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        blob = json.dumps(state, sort_keys=True)
+    else:
+        blob = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -105,6 +105,18 @@ def test_tokenized_data_is_cached_on_disk_and_reused(tiny_model, tiny_data_dir, 
     assert again.input_ids == first.input_ids and again.labels == first.labels
 
 
+def test_tokenizer_fingerprint_ignores_the_truncation_left_by_the_last_call(tiny_model):
+    """The backend tokenizer keeps the last call's truncation in its state: the cache key must not depend on it."""
+    _, tok = tiny_model
+    tok(["a review"])  # no truncation: the state of a fresh tokenizer
+    fresh = data.tokenizer_fingerprint(tok)
+    tok(["a review"], truncation=True, max_length=17)
+    assert tok.backend_tokenizer.truncation is not None  # the state the fingerprint must look past
+    assert data.tokenizer_fingerprint(tok) == fresh
+    tok(["a review"], padding="max_length", max_length=9)
+    assert data.tokenizer_fingerprint(tok) == fresh
+
+
 def test_limit_is_a_fixed_sample_with_both_labels(tiny_data_dir):
     splits = data.load_splits(str(tiny_data_dir))
     a = data.subset(splits["train"], 10)
