@@ -94,15 +94,26 @@ def test_placeholders_equal_tokenizing_with_a_shorter_limit(tiny_model, tiny_dat
         assert with_ph[3:] == tok(data.preprocess(text), truncation=True, max_length=17)["input_ids"]
 
 
-def test_tokenized_data_is_cached_on_disk_and_reused(tiny_model, tiny_data_dir, cache_dir):
+def test_tokenized_data_is_cached_on_disk_and_reused(tiny_model, tiny_data_dir, cache_dir, monkeypatch):
     _, tok = tiny_model
     splits = data.load_splits(str(tiny_data_dir))
-    first = data.encode_split(splits["test"], tok, max_length=24)
-    files = list((cache_dir / "tokenized").glob("*.pt"))
-    assert files
     data._MEMO.clear()
-    again = data.encode_split(splits["test"], tok, max_length=24)
+    before = set((cache_dir / "tokenized").glob("*.pt"))
+    first = data.encode_split(splits["test"], tok, max_length=23)  # a length no other test uses: a new entry
+    (entry,) = set((cache_dir / "tokenized").glob("*.pt")) - before
+    data._MEMO.clear()
+
+    def no_tokenizing(text):
+        raise AssertionError("tokenized again instead of read from the disk cache")
+
+    monkeypatch.setattr(data, "preprocess", no_tokenizing)
+    again = data.encode_split(splits["test"], tok, max_length=23)
     assert again.input_ids == first.input_ids and again.labels == first.labels
+    monkeypatch.undo()
+    entry.write_bytes(b"not a torch file")  # a corrupt entry is rebuilt, not an error
+    data._MEMO.clear()
+    rebuilt = data.encode_split(splits["test"], tok, max_length=23)
+    assert rebuilt.input_ids == first.input_ids and rebuilt.labels == first.labels
 
 
 def test_tokenizer_fingerprint_ignores_the_truncation_left_by_the_last_call(tiny_model):
