@@ -129,11 +129,19 @@ def test_tokenizer_fingerprint_ignores_the_truncation_left_by_the_last_call(tiny
 
 
 def test_limit_is_a_fixed_sample_with_both_labels(tiny_data_dir):
+    import datasets
+
     splits = data.load_splits(str(tiny_data_dir))
     a = data.subset(splits["train"], 10)
     b = data.subset(splits["train"], 10)
     assert len(a) == 10 and a["text"] == b["text"]
     assert data.subset(splits["train"], 10_000) is splits["train"]
+    # sorted by label like IMDb (the tiny data alternates labels, so it cannot tell a sample from the first N)
+    ds = datasets.Dataset.from_dict({"text": [f"review {i}" for i in range(40)], "label": [0] * 20 + [1] * 20})
+    picked = [int(t.split()[1]) for t in data.subset(ds, 10)["text"]]
+    assert set(data.subset(ds, 10)["label"]) == {0, 1}
+    assert picked == sorted(picked) and len(set(picked)) == 10  # kept in dataset order, no repeats
+    assert picked == sorted(torch.randperm(40, generator=torch.Generator().manual_seed(0))[:10].tolist())  # seed 0, documented
 
 
 def test_verbalizer_targets_are_word_plus_eos(tiny_model):
