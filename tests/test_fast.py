@@ -79,13 +79,16 @@ def test_greedy_decode_under_bf16_autocast_equals_generate():
 
 def test_early_stop_when_every_sequence_ended():
     model, _ = _model(load_job("full_ft", JOBS))
-    with torch.no_grad():  # make </s> the certain next token
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[1] = 1.0
-        model.shared.weight[1] = model.shared.weight[1]  # tied or not, </s> wins every argmax below
     ids, mask = _batch(0, seed=1)
-    expected = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False, num_beams=1)
-    got = fast.greedy_decode(model, ids, mask, max_length=5)
+    boost = torch.zeros(VOCAB)
+    boost[1] = 1e4  # </s> (id 1) wins every argmax: generate stops after one token, and so must the greedy loop
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: out + boost)
+    try:
+        expected = model.generate(input_ids=ids, attention_mask=mask.clone(), max_length=5, do_sample=False, num_beams=1)
+        got = fast.greedy_decode(model, ids, mask, max_length=5)
+    finally:
+        handle.remove()
+    assert expected.tolist() == [[0, 1]] * ids.shape[0]  # start token, </s>: every sequence ended at the first step
     assert torch.equal(got, expected)
 
 
