@@ -95,6 +95,9 @@ def test_partial_run_does_not_count(tmp_path, jobs):
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
     assert not ok
     assert "not a full-protocol run" in lines[0] and "train_limit=256" in lines[0]
+    write(tmp_path, job, job.reference_accuracy, epochs=job.epochs - 1)  # fewer epochs alone is a partial run too
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert not ok and f"not a full-protocol run (epochs={job.epochs - 1} (job file: {job.epochs}))" in lines[0]
 
 
 def test_empty_results_dir_fails_and_missing_dir_is_an_error(tmp_path, jobs):
@@ -111,6 +114,8 @@ def test_job_without_reference_is_skipped(tmp_path, jobs):
     assert ok, "\n".join(lines)
     assert any(line.startswith("SKIP") and "no_reference_row" in line for line in lines)
     assert "1 without a reference" in lines[-1]
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [unreferenced])  # nothing checked is not a pass
+    assert not ok and lines[-1] == f"check: 0 within ±{DEFAULT_TOLERANCE:g} points, 0 failed, 1 without a reference (nothing to check)"
 
 
 def test_cli_exit_codes(tmp_path, jobs):
