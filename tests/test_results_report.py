@@ -58,10 +58,17 @@ def test_tables_show_not_run_failed_and_numbers():
 
 
 def test_environment_records_versions():
+    import platform
+    from importlib import metadata
+
     import torch
+    import transformers
 
     env = results.environment(torch.device("cpu"))
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert env["packages"]["torch"] == metadata.version("torch") and torch.__version__.startswith(env["packages"]["torch"])
+    assert env["packages"]["transformers"] == transformers.__version__
+    assert set(env["packages"]) == set(results.PACKAGES)
+    assert env["python"] == platform.python_version() and env["device"] == "cpu"
     assert env["gpu"] is None and env["date"]
     json.dumps(env)
 
