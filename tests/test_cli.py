@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptuning.cli import main
+from ptuning.stats import summarize
 
 from .conftest import JOBS, REPO
 
@@ -60,11 +61,14 @@ def test_run_with_two_seeds_gives_two_results_and_mean_std_in_the_table(tmp_path
                     "--epochs", "1", "--train-limit", "8", "--eval-limit", "4", "--device", "cpu", "--output-dir", str(out))
     assert result.exit_code == 0, result.output
     assert sorted(p.parent.name for p in out.glob("full_ft/*/result.json")) == ["seed0", "seed1"]
-    seeds = [json.loads((out / "full_ft" / d / "result.json").read_text())["config"]["seed"] for d in ("seed0", "seed1")]
-    assert seeds == [0, 1]
+    records = [json.loads((out / "full_ft" / d / "result.json").read_text()) for d in ("seed0", "seed1")]
+    assert [r["config"]["seed"] for r in records] == [0, 1]
+    # each run used its own seed (dropout draws, shuffle), not just recorded it
+    assert records[0]["epochs"][0]["train_loss"] != records[1]["epochs"][0]["train_loss"]
     tables = invoke("tables", "--results", str(out))
     row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "| faithful " in line)
-    assert "± " in row and "(n=2)" in row and "n=2" in row
+    expected = summarize([r["reported_accuracy"] for r in records]).text()
+    assert f"| {expected} " in row and expected.endswith(" (n=2)") and " ± " in expected
     both = invoke("run", "full_ft", "--seed", "1", "--seeds", "0,1", "--output-dir", str(out))
     assert both.exit_code == 1 and "not both" in both.stderr
 
