@@ -78,3 +78,15 @@ def test_every_table_row_has_as_many_cells_as_the_header():
     res = {"lora_8": [fake_result("lora_8")], "full_ft": [{"job": "full_ft", "status": "failed", "reason": "x"}]}
     assert {len(r) for r in report.accuracy_rows(jobs, res)} == {len(report.ACCURACY_HEADERS)}
     assert {len(r) for r in report.parameter_rows(jobs, res)} == {len(report.PARAMETER_HEADERS)}
+
+
+def test_pick_prefers_a_completed_faithful_run_then_the_lowest_seed():
+    """The run behind the parameter table and `ptuning check`: completed first, then faithful, then the lowest seed."""
+    failed = {"job": "lora_8", "status": "failed", "reason": "x", "config": {"seed": 0}}
+    heldout = {**fake_result("lora_8", seed=0), "protocol": "heldout"}
+    seed2, seed1 = fake_result("lora_8", seed=2), fake_result("lora_8", seed=1)
+    assert report.pick([failed, heldout, seed2, seed1]) is seed1
+    assert report.pick([failed, heldout]) is heldout
+    assert report.pick([failed]) is failed and report.pick([]) is None and report.pick(None) is None
+    row = report.parameter_rows(load_all_jobs(JOBS), {"lora_8": [failed, seed1]})
+    assert next(r for r in row if r[1] == "lora_8")[4:] == ["60,801,536", "294,912", "294,912", seed1["params"]["formula"], "yes"]
