@@ -94,6 +94,13 @@ def test_placeholders_equal_tokenizing_with_a_shorter_limit(tiny_model, tiny_dat
         assert with_ph[3:] == tok(data.preprocess(text), truncation=True, max_length=17)["input_ids"]
 
 
+def test_placeholders_leave_room_for_a_text_token_and_eos_or_fail_clearly():
+    ids = [7, 8, 9, 1]
+    assert data.with_placeholders(ids, 3, 5, 0, 1) == [0, 0, 0, 7, 1]  # budget 2: one text token and </s>
+    with pytest.raises(PtuningError, match="max_length 5 leaves no room for text after 4 soft-prompt placeholders"):
+        data.with_placeholders(ids, 4, 5, 0, 1)
+
+
 def test_tokenized_data_is_cached_on_disk_and_reused(tiny_model, tiny_data_dir, cache_dir, monkeypatch):
     _, tok = tiny_model
     splits = data.load_splits(str(tiny_data_dir))
