@@ -81,6 +81,11 @@ def test_welch_p_values_match_closed_forms():
     # a = [1, 3] (mean 2, var 2), b = [0, 0]: t = 2 / sqrt(2/2) = 2, Welch df = 1
     c = stats.welch([1.0, 3.0], [0.0, 0.0])
     assert c.difference == 2.0 and c.df == pytest.approx(1.0) and c.p == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
+    # the rule's threshold, p < 0.05, on both sides of it (df = 1, so t = the difference of means here)
+    near = stats.welch([0.0, 2.0], [-12.0, -12.0])  # t = 13: p = 0.0489
+    assert near.p == pytest.approx(1 - 2 / math.pi * math.atan(13.0), abs=1e-12) and near.verdict == stats.DIFFERS
+    far = stats.welch([0.0, 2.0], [-11.0, -11.0])  # t = 12: p = 0.0530
+    assert far.p == pytest.approx(1 - 2 / math.pi * math.atan(12.0), abs=1e-12) and far.verdict == stats.WITHIN_NOISE
 
 
 def test_comparison_rule_clear_difference_within_noise_and_too_small():
