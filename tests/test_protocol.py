@@ -22,6 +22,9 @@ def test_heldout_split_is_disjoint_stratified_and_fixed_by_its_seed():
     assert [labels[i] for i in val].count(1) == 10 and len(val) == 40  # 25 % positives, as in train
     assert protocol.heldout_indices(labels, 40, seed=0) == (train, val)
     assert protocol.heldout_indices(labels, 40, seed=1)[1] != val
+    # equal remainders (1.5 reviews each): the smaller label gets the extra one, as documented
+    tie = [0, 0, 0, 1, 1, 1]
+    assert [tie[i] for i in protocol.heldout_indices(tie, 3, seed=0)[1]].count(0) == 2
     with pytest.raises(PtuningError, match="heldout_size 400 must be"):
         protocol.heldout_indices(labels, 400, seed=0)
 
