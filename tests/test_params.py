@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -161,3 +162,31 @@ def test_cli_params_unknown_job_is_one_line_and_exit_1(cli_setup):
     errors = [line for line in result.output.splitlines() if line.startswith("ptuning: error")]
     assert len(errors) == 1 and "lora_88" in errors[0]
     assert "| lora_8 " in result.output  # the good job is still reported
+
+
+def test_cli_params_exits_1_on_a_mismatch_and_on_a_method_that_cannot_be_built(cli_setup, monkeypatch):
+    """A count that differs from its formula fails the command; a row whose library is missing is one error line
+    while the other rows are still measured."""
+    import sys
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from ptuning.cli import main
+
+    jobs, tiny = cli_setup
+    real = formulas.lora
+    monkeypatch.setattr(formulas, "lora", lambda config, rank: dataclasses.replace(real(config, rank), value=real(config, rank).value + 1))
+    result = CliRunner().invoke(main, ["--jobs-dir", str(jobs), "params", "--model", str(tiny), "lora_8", "adapter_8"])
+    assert result.exit_code == 1, result.output
+    assert "| NO" in next(line for line in result.output.splitlines() if "| lora_8 " in line)
+    assert "| yes" in next(line for line in result.output.splitlines() if "| adapter_8 " in line)
+    monkeypatch.undo()
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    repo_jobs = Path(__file__).resolve().parents[1] / "jobs"
+    result = CliRunner().invoke(main, ["--jobs-dir", str(repo_jobs), "params", "--model", str(tiny), "lora_8", "lora_8_peft"])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ptuning: error")]
+    assert len(errors) == 1 and errors[0].startswith("ptuning: error: [lora_8_peft] lora/peft needs the package 'peft'")
+    assert "| lora_8 " in result.output and "| yes" in result.output and "| lora_8_peft " not in result.output
