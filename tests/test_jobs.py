@@ -104,7 +104,7 @@ def test_method_rules_beyond_a_minimum_are_checked_on_load(tmp_path):
 
 
 def test_a_good_file_loads_with_defaults_filled_in(tmp_path):
-    job = load_job_file(write(tmp_path, GOOD + "lr: 2e-5\n" if False else GOOD))
+    job = load_job_file(write(tmp_path, GOOD))
     assert job.name == "job" and job.method == "full" and job.lr == 1e-5 and job.batch_size == 32
 
 
