@@ -1,8 +1,10 @@
 """`ptuning check`: does each row's max validation accuracy lie within a tolerance of the report's?
 
-For every job with a reference accuracy, the row's result (the one `ptuning tables` shows) must exist,
-have completed, come from a full-protocol run (no train/eval limit, the job's number of epochs) and
-be at most `tolerance` points away from the reference, in either direction. Anything else fails.
+For every job with a reference accuracy, the row's faithful-protocol runs (the report's protocol: max test
+accuracy over epochs) must exist, all have completed, all come from full-protocol runs (no train/eval limit,
+the job's number of epochs), and their mean over seeds — the figure `ptuning tables` shows — must be at most
+`tolerance` points away from the reference, in either direction. Anything else fails: a seed that failed, or
+only heldout-protocol results (a different figure from the report's).
 """
 
 from __future__ import annotations
@@ -28,14 +30,34 @@ def _partial_run(result: dict[str, Any], job) -> str | None:
     return ", ".join(limits) or None
 
 
+def _problem(row, others: list[str], results_dir: Path) -> str | None:
+    """Why a job's faithful-protocol runs (`row`) cannot be compared with the reference, or None.
+    `others`: the protocols the job has results under besides faithful."""
+    if row is None or not (row.completed or row.failed):
+        if others:
+            return (f"only {', '.join(others)}-protocol results; the reference is the faithful protocol's figure "
+                    "(run without --protocol heldout)")
+        return f"did not run (no result in {results_dir})"
+    if row.failed:
+        reason = row.failed[0].get("reason", "")
+        seeds = f"{len(row.failed)} of {len(row.failed) + len(row.completed)} seeds" if len(row.failed) + len(row.completed) > 1 else "the run"
+        return f"failed ({seeds}): {reason}".rstrip(": ")
+    for result in row.completed:
+        if not isinstance(result.get("max_accuracy"), (int, float)):
+            return "result has no max_accuracy"
+        if (why := _partial_run(result, row.job)) is not None:
+            return f"not a full-protocol run ({why}): {result['max_accuracy']:.2f}%"
+    return None
+
+
 def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=None) -> tuple[bool, list[str]]:
     """Compare every job's result in `results_dir` with its reference accuracy.
 
     Returns (ok, lines): ok is True only when every job with a reference passes and at least one did;
     lines is one human-readable line per job plus a summary line.
     """
+    from ptuning import stats
     from ptuning.jobs import load_all_jobs
-    from ptuning.report import pick
     from ptuning.results import load_results
 
     if tolerance < 0:
@@ -44,7 +66,12 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
     if not results_dir.is_dir():
         raise PtuningError(f"results directory {results_dir} does not exist; run jobs first or pass --results DIR")
     jobs = load_all_jobs() if jobs is None else jobs
-    results = load_results(results_dir)
+    faithful, others = {}, {}
+    for row in stats.rows(jobs, load_results(results_dir)):
+        if row.protocol == "faithful":
+            faithful[row.job.name] = row
+        elif row.protocol is not None:
+            others.setdefault(row.job.name, []).append(row.protocol)
 
     lines: list[str] = []
     passed = failed = skipped = 0
@@ -55,22 +82,17 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
             skipped += 1
             lines.append(f"SKIP {head} no reference accuracy in the job file")
             continue
-        result = pick(results.get(job.name))
-        if result is None:
-            problem = f"did not run (no result in {results_dir})"
-        elif result.get("status") != "completed":
-            problem = f"{result.get('status', 'unknown status')}: {result.get('reason', '')}".rstrip(": ")
-        elif not isinstance(result.get("max_accuracy"), (int, float)):
-            problem = "result has no max_accuracy"
-        elif (why := _partial_run(result, job)) is not None:
-            problem = f"not a full-protocol run ({why}): {result['max_accuracy']:.2f}%"
-        else:
-            best = float(result["max_accuracy"])
+        problem = _problem(faithful.get(job.name), others.get(job.name, []), results_dir)
+        if problem is None:
+            row = faithful[job.name]
+            best = stats.summarize(r["max_accuracy"] for r in row.completed).mean
             diff = best - ref
             verdict = "ok  " if abs(diff) <= tolerance + 1e-9 else "FAIL"
             passed += verdict == "ok  "
             failed += verdict == "FAIL"
-            lines.append(f"{verdict} {head} max {best:.2f}% vs reference {ref:.1f}%: {diff:+.2f} points (tolerance {tolerance:g})")
+            n = len(row.completed)
+            what = f"max {best:.2f}%" + (f" (mean of {n} seeds)" if n > 1 else "")
+            lines.append(f"{verdict} {head} {what} vs reference {ref:.1f}%: {diff:+.2f} points (tolerance {tolerance:g})")
             continue
         failed += 1
         lines.append(f"FAIL {head} {problem}")

@@ -23,21 +23,22 @@ def jobs():
     return [job for job in load_all_jobs(JOBS_DIR) if job.reference_accuracy is not None]
 
 
-def write(results: Path, job, accuracy: float | None = None, status: str = "completed", **config) -> None:
+def write(results: Path, job, accuracy: float | None = None, status: str = "completed", protocol: str = "faithful", **config) -> None:
     """A result file shaped like the runner's, with only the fields check and tables read."""
     result = {
         "job": job.name,
         "title": job.title,
         "row": job.row,
         "status": status,
-        "config": {**job.config(), **config},
+        "config": {**job.config(), "protocol": protocol, **config},
         "reference": {"accuracy": job.reference_accuracy, "total_params": job.reference_total_params},
     }
     if status == "completed":
         result["max_accuracy"] = job.reference_accuracy if accuracy is None else accuracy
     else:
         result["reason"] = "CUDA out of memory"
-    write_result(run_dir(results, job.name, job.config().get("seed", 0)) / RESULT_FILE, result)
+    seed = config.get("seed", job.config().get("seed", 0))
+    write_result(run_dir(results, job.name, seed, protocol) / RESULT_FILE, result)
 
 
 def write_all(results: Path, jobs, offset: float = 0.0) -> None:
@@ -87,6 +88,35 @@ def test_failed_row_fails(tmp_path, jobs):
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
     assert not ok
     assert any(line.startswith("FAIL") and jobs[2].name in line and "out of memory" in line for line in lines)
+
+
+def test_seeds_are_compared_by_their_mean_like_the_table(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy - 1.6, seed=0)  # alone, seed 0 is out of tolerance
+    write(tmp_path, job, job.reference_accuracy + 1.0, seed=1)
+    ok, lines = check(tmp_path, 0.5, [job])
+    assert ok, lines
+    assert lines[0] == f"ok   {job.name:<28} max {job.reference_accuracy - 0.3:.2f}% (mean of 2 seeds) vs reference {job.reference_accuracy:.1f}%: -0.30 points (tolerance 0.5)"
+    write(tmp_path, job, job.reference_accuracy + 1.0, seed=2)  # the mean moves to +0.13
+    assert check(tmp_path, 0.1, [job])[0] is False and "+0.13 points" in check(tmp_path, 0.1, [job])[1][0]
+
+
+def test_a_failed_seed_fails_the_row(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy, seed=0)
+    write(tmp_path, job, status="failed", seed=1)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert not ok and lines[0] == f"FAIL {job.name:<28} failed (1 of 2 seeds): CUDA out of memory"
+
+
+def test_heldout_results_are_not_compared_with_the_faithful_reference(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy, protocol="heldout")
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert not ok and "only heldout-protocol results" in lines[0]
+    write(tmp_path, job, job.reference_accuracy + 0.2)  # with a faithful run beside it, that one is compared
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert ok and "+0.20 points" in lines[0]
 
 
 def test_partial_run_does_not_count(tmp_path, jobs):
