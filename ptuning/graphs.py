@@ -67,6 +67,44 @@ def step_loss(model, batch: dict[str, torch.Tensor], start: int, pad: int) -> to
                  decoder_input_ids=shift_right(labels, start, pad), labels=labels, use_cache=False).loss
 
 
+def _one_line(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def undo_failed_capture(device: torch.device, pool, stream) -> str | None:
+    """Put back what a failed capture leaves behind, so that training can go on eagerly; None, or what failed.
+
+    When a capture-illegal op invalidates a capture, `torch.cuda.graph`'s exit raises in `capture_end` (at
+    cudaStreamEndCapture), before it restores the caller's stream, before the caching allocator stops sending
+    the capture stream's allocations to the graph's pool, and before the CUDA generator leaves capture mode
+    (PyTorch's CUDAGraph::reset: "the generator, and the allocator could end up in all kinds of weird states").
+    Left so, the next eager dropout raises ("Offset increment outside graph capture encountered unexpectedly")
+    and `torch.cuda.empty_cache()` fails the allocator's check that no capture is underway: the eager fallback
+    would die at its first step. Each part below does nothing harmful where there is nothing to undo (a Python
+    error inside a capture that ended normally, or a failure before the capture began).
+    """
+    problems = []
+    torch.cuda.set_stream(stream)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        torch._C._cuda_endAllocateToPool(index, pool)
+    except Exception:  # not recording to it: capture_end got that far (and its graph will release the pool)
+        pass
+    else:  # the failed capture's hold on the pool, which its graph will never release
+        try:
+            torch._C._cuda_releasePool(index, pool)
+        except Exception as exc:
+            problems.append(f"releasing the pool: {_one_line(exc)}")
+    try:  # a capture that ends normally takes the generator out of capture mode
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), capture_error_mode="thread_local"):
+            torch.empty(1, device=device).zero_()
+    except Exception as exc:
+        problems.append(f"an empty capture: {_one_line(exc)}")
+    torch.cuda.set_stream(stream)
+    return "; ".join(problems) or None
+
+
 class GraphedTrainStep:
     """One optimizer step per call, replayed from a CUDA graph for every batch shape seen before.
 
@@ -85,6 +123,7 @@ class GraphedTrainStep:
         self.failure: str | None = None
         self.replays = 0
         self.eager_steps = 0
+        self.undo_failure: str | None = None
         self._side = torch.cuda.Stream(device) if self.capture else None
 
     def _autocast(self):
@@ -117,8 +156,15 @@ class GraphedTrainStep:
         # the warm-up step's activations were cached for the side stream, where nothing else will reuse them; handed
         # back now, they do not stay reserved beside the graph's own pool (and the evaluation's, on the main stream)
         torch.cuda.empty_cache()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            out = fn()
+        if self.pool is None:  # made here, not by the first capture, so that a failed capture can name its pool
+            self.pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.current_stream(self.device)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                out = fn()
+        except BaseException:
+            self.undo_failure = undo_failed_capture(self.device, self.pool, stream)
+            raise
         return graph, out
 
     def _capture(self, key: tuple, batch: dict[str, torch.Tensor]) -> None:
@@ -126,8 +172,12 @@ class GraphedTrainStep:
         try:
             graph, loss = self._record(lambda: self._step(static))
         except Exception as exc:  # an optimisation: say why once, then train eagerly
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.failure = f"{type(exc).__name__}: {first}"
+            self.failure = _one_line(exc)
+            cause = exc.__context__  # the op that broke the capture; `exc` is then capture_end's "previous error" message
+            if cause is not None and not isinstance(cause, KeyboardInterrupt):
+                self.failure += f" (in the capture: {_one_line(cause)})"
+            if self.undo_failure:
+                self.failure += f"; undoing it failed: {self.undo_failure}"
             if self.echo:
                 self.echo(f"CUDA graph capture failed ({self.failure}); training eagerly")
             if self.device.type == "cuda":

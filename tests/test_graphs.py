@@ -264,3 +264,106 @@ def test_a_run_on_the_graphed_path_end_to_end(monkeypatch, tmp_path, tiny_model_
     # 2 epochs x ceil(24 / batch 32) = 2 steps: the first captures its shape, the second replays it
     assert graphs["replays"] + graphs["eager_steps"] == 2 * -(-24 // record["config"]["batch_size"])
     assert all(e["train_loss"] is not None and e["train_loss"] == e["train_loss"] for e in record["epochs"])
+
+
+class _FakeCuda:
+    """torch.cuda's capture calls on CPU, recorded. A capture whose body raises fails as on a GPU when the capture was
+    invalidated: `capture_end` raises a new error (the body's as its context) and leaves the caller's stream, the
+    allocator's routing into the pool and the generator's capture mode as they were inside the capture.
+    `ends_normally`: the body's error passes through a capture that ended cleanly (a Python error in it)."""
+
+    def __init__(self, monkeypatch, ends_normally=False):
+        import contextlib
+
+        self.stream, self.recording, self.generator_capturing = "main", set(), False
+        self.captures, self.released, self.pools = [], [], 0
+
+        @contextlib.contextmanager
+        def graph(cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+            assert capture_error_mode == "thread_local"
+            self.captures.append(pool)
+            pool = pool if pool is not None else ("internal", len(self.captures))
+            before, self.stream = self.stream, "capture"
+            self.recording.add(pool)
+            self.generator_capturing = True
+            try:
+                yield
+            except Exception:
+                if not ends_normally:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+                self.recording.discard(pool)
+                self.generator_capturing, self.stream = False, before
+                raise
+            self.recording.discard(pool)
+            self.generator_capturing, self.stream = False, before
+
+        def end_allocate(index, pool):
+            assert index == 0
+            if pool not in self.recording:
+                raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+            self.recording.discard(pool)
+
+        def handle():
+            self.pools += 1
+            return (0, self.pools)
+
+        def set_stream(stream):
+            self.stream = stream
+
+        for name, value in {"graph": graph, "CUDAGraph": lambda: object(), "synchronize": lambda device=None: None,
+                            "empty_cache": lambda: None, "graph_pool_handle": handle, "current_device": lambda: 0,
+                            "current_stream": lambda device=None: self.stream, "set_stream": set_stream}.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", end_allocate, raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda index, pool: self.released.append(pool), raising=False)
+
+
+def _step_for_capture():
+    job = load_job("lora_8", JOBS)
+    model, method = _model(job)
+    optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
+    messages: list[str] = []
+    return GraphedTrainStep(model, optimizer, CPU, "fp32", messages.append), messages
+
+
+def test_a_failed_capture_is_undone_so_that_eager_training_can_go_on(monkeypatch):
+    """On a GPU an invalidated capture leaves the capture stream current, the allocator routing into the graph's pool
+    (torch.cuda.empty_cache() then fails an assertion) and the CUDA generator in capture mode (the next eager dropout
+    raises): `_record` puts all three back, and the failure names the op that broke the capture."""
+    cuda = _FakeCuda(monkeypatch)
+    step, messages = _step_for_capture()
+
+    def illegal(batch):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(step, "_step", illegal)
+    step._capture(("key",), _batch(0))
+    assert cuda.stream == "main" and cuda.recording == set() and not cuda.generator_capturing
+    assert cuda.released == [(0, 1)] and cuda.captures == [(0, 1), None]  # the failed capture, then an empty one
+    assert step.graphs == {} and step.undo_failure is None
+    assert step.failure == ("RuntimeError: CUDA error: operation failed due to a previous error during capture "
+                            "(in the capture: RuntimeError: operation not permitted when stream is capturing)")
+    assert messages == [f"CUDA graph capture failed ({step.failure}); training eagerly"]
+
+
+def test_undoing_a_capture_that_ended_normally_releases_nothing(monkeypatch):
+    cuda = _FakeCuda(monkeypatch, ends_normally=True)
+    step, _ = _step_for_capture()
+
+    def broken():
+        raise ValueError("a Python error")
+
+    with pytest.raises(ValueError):
+        step._record(broken)
+    assert cuda.stream == "main" and cuda.recording == set() and not cuda.generator_capturing
+    assert cuda.released == [] and step.undo_failure is None
+
+
+def test_captures_share_one_pool_made_before_the_first(monkeypatch):
+    cuda = _FakeCuda(monkeypatch)
+    step, _ = _step_for_capture()
+    out = torch.zeros(())
+    for _ in range(2):
+        _, result = step._record(lambda: out)
+        assert result is out
+    assert cuda.captures == [(0, 1), (0, 1)] and cuda.pools == 1 and cuda.released == [] and cuda.stream == "main"
