@@ -5,6 +5,7 @@ This is the only module that knows the whole chain; every step below it is a pla
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from pathlib import Path
@@ -48,6 +49,18 @@ def resolve_device(name: str | None) -> torch.device:
     elif device.type != "cpu":
         raise PtuningError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
     return device
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this job's peak GPU memory figures from what it holds itself.
+
+    run-all runs its jobs one after another in one process: what the job before held stays cached (and its CUDA
+    graphs' pool stays reserved) until an empty_cache, and reset_peak_memory_stats starts the peaks from what is
+    reserved now, so without this a small job would report as its own peak the memory of the job before it."""
+    if device.type == "cuda":
+        gc.collect()  # the job before's model and optimizer, if a reference cycle still holds them
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -162,8 +175,7 @@ def run_job(
         else:
             optimizer = make_optimizer(trainable_params, job.lr, job.weight_decay)
     generation_model = method.generation_model(model)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     echo(f"[{job.name}] {job.title} ({job.knob_summary}): {trainable:,} trainable of {total:,} parameters; "
          f"{len(train_set):,} train / {', '.join(f'{len(ds):,} {s}' for s, ds in eval_sets.items())} reviews on {device}, "

@@ -74,3 +74,21 @@ def test_predict_decodes_greedy_generate(tiny_model, tiny_data_dir):
     batch = next(iter(loader))
     out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_length=5, do_sample=False)
     assert preds[:3] == tok.batch_decode(out, skip_special_tokens=True)
+
+
+def test_each_job_peak_gpu_memory_starts_from_a_cleared_cache(monkeypatch):
+    """run-all runs its jobs in one process: the job before's cached memory (and its graphs' pool) is handed back
+    before this job's peaks are reset, or a small job would report the job before's reserved memory as its own."""
+    import gc
+
+    from ptuning import runner
+
+    calls = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+    runner.reset_peak_memory(torch.device("cpu"))
+    assert calls == []
+    cuda = torch.device("cuda")
+    runner.reset_peak_memory(cuda)
+    assert calls == ["collect", "empty_cache", ("reset", cuda)]
