@@ -366,7 +366,9 @@ class LossFn:
     def __call__(self, batch):
         if self.compiled is not None:
             try:
-                return self.compiled(batch)
+                # a copy: reduce-overhead replays CUDA graphs whose outputs the next step overwrites (reading one later
+                # raises), and train_epoch reads its losses back every `sync_every` steps
+                return self.compiled(batch).clone()
             except Exception as exc:  # compile is an optimisation: never lose a run to it
                 message = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); continuing eagerly"
                 (self.echo or warnings.warn)(message)

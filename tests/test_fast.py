@@ -129,6 +129,27 @@ def test_generation_config_that_is_not_plain_greedy_falls_back_to_generate(tiny_
     assert fast.fast_predict(model, ds, tok, CPU, batch_size=5)[0] == predict(model, loader, tok, CPU)[0]
 
 
+class _OverwrittenOutputs:
+    """A stand-in for torch.compile(mode="reduce-overhead"): its CUDA graphs' outputs live in memory that the next
+    replay overwrites (on a GPU, reading an overwritten output raises; here it reads NaN)."""
+
+    def __init__(self, model):
+        self.model, self.last = model, None
+
+    def __call__(self, batch):
+        if self.last is not None:
+            with torch.no_grad():
+                self.last.detach().fill_(float("nan"))
+        self.last = self.model(**batch).loss
+        return self.last
+
+
+def test_compiled_losses_are_copied_before_the_next_step_overwrites_them():
+    """The fast loop reads its losses back every `sync_every` steps, after later steps ran: a compiled loss must
+    be copied out of the graph's output memory first."""
+    assert _losses("fp32", True, _OverwrittenOutputs) == _losses("fp32", False)
+
+
 def test_eval_loader_gives_the_sorted_batches_in_order_pinned_on_cuda():
     inputs = [[3] * n + [1] for n in (5, 1, 9, 3, 7)]
     chunks = fast.length_sorted_batches([len(x) for x in inputs], 2)
@@ -176,7 +197,7 @@ def test_bucket_collator_changes_only_padding_and_not_the_loss():
 # -- training --------------------------------------------------------------------------------------
 
 
-def _losses(precision: str, fast_path: bool):
+def _losses(precision: str, fast_path: bool, compiled=None):
     rng = random.Random(0)
     pairs = [([rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 30))] + [1], [5, 1]) for _ in range(24)]
     torch.manual_seed(0)
@@ -188,7 +209,10 @@ def _losses(precision: str, fast_path: bool):
     if fast_path:
         plan = fast.Plan(fast=True, precision=precision, compile=False, graphs=False, eval_batch_size=512, pin_memory=False,
                          fused_adamw=False, sync_every=2)
-        mean = fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v))
+        loss_fn = fast.LossFn(model)
+        if compiled is not None:
+            loss_fn.compiled = compiled(model)
+        mean = fast.train_epoch(model, loader, optimizer, CPU, plan, on_step=lambda s, v: losses.append(v), loss_fn=loss_fn)
     else:
         mean = train_epoch(model, loader, optimizer, CPU, precision, on_step=lambda s, v: losses.append(v))
     assert mean == pytest.approx(sum(losses) / len(losses))
