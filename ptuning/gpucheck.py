@@ -351,8 +351,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: str = "t5-small", seed: int = 0) -> str:
+def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: str = "t5-small", seed: int = 0,
+                on_line=None) -> str:
     """Markdown: training losses with the step as CUDA graphs vs eager, same weights, data and updates, dropout off.
+
+    `on_line` gets each line as soon as it is known (the GPU check's step may be stopped by its timeout).
 
     Dropout is off so that both runs compute the same thing (with it on they draw different masks); what is
     left is kernel rounding (fp32) or bf16 rounding. A graph that replayed stale inputs, missed zeroing the
@@ -368,9 +371,17 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
 
     config = sized_config(size)
     config.dropout_rate = 0.0
-    lines = [f"graphed vs eager training, {steps} steps of batch 32, dropout 0, same seed and data, on {device}", "",
-             "| row | precision | first loss (eager) | last loss (eager) | max relative difference over the steps | graphs |",
-             "|---|---|---|---|---|---|"]
+    lines: list[str] = []
+
+    def add(line: str) -> None:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    for line in (f"graphed vs eager training, {steps} steps of batch 32, dropout 0, same seed and data, on {device}", "",
+                 "| row | precision | first loss (eager) | last loss (eager) | max relative difference over the steps | graphs |",
+                 "|---|---|---|---|---|---|"):
+        add(line)
     for ref in rows:
         job = load_job(ref)
         pairs = synthetic_examples(steps * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
@@ -398,7 +409,7 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
                     torch.cuda.empty_cache()
             eager, graphed = losses[False], losses[True]
             worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(eager, graphed)) if eager and len(eager) == len(graphed) else float("nan")
-            lines.append(f"| {job.name} | {precision} | {eager[0]:.5f} | {eager[-1]:.5f} | {worst:.2e} | {info} |")
+            add(f"| {job.name} | {precision} | {eager[0]:.5f} | {eager[-1]:.5f} | {worst:.2e} | {info} |")
     return "\n".join(lines) + "\n"
 
 
@@ -456,10 +467,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "equivalence":
         import torch
 
-        text = equivalence(torch.device(args.device), [r for r in args.rows.split(",") if r], args.steps, args.size)
-        if args.output:
-            Path(args.output).write_text(text)
-        print(text)
+        output = open(args.output, "w") if args.output else None
+
+        def line(text: str) -> None:  # each row as soon as it is measured: a timeout keeps the rows before it
+            print(text, flush=True)
+            if output is not None:
+                output.write(text + "\n")
+                output.flush()
+
+        try:
+            equivalence(torch.device(args.device), [r for r in args.rows.split(",") if r], args.steps, args.size, on_line=line)
+        finally:
+            if output is not None:
+                output.close()
         return 0
 
     if args.command == "overheads":

@@ -172,6 +172,28 @@ def test_overheads_times_every_jobs_data_and_the_tables(tmp_path, tiny_model_dir
     assert overheads(str(tiny_model_dir), str(tiny_data_dir), 16, 8)["tables_plots"] is None
 
 
+def test_equivalence_writes_each_row_as_soon_as_it_is_measured(tmp_path, monkeypatch):
+    """The GPU check's equivalence step runs under a timeout: the rows measured before it are kept."""
+    from ptuning import fast, gpucheck
+
+    calls = []
+
+    def train_epoch(model, loader, optimizer, device, plan, description, on_step=None, step=None, **kwargs):
+        calls.append(step is not None)
+        if len(calls) == 3:  # bf16, eager: stopped here
+            raise TimeoutError("stopped by the step's timeout")
+        on_step(1, 2.0)
+        return 2.0
+
+    monkeypatch.setattr(fast, "train_epoch", train_epoch)
+    out = tmp_path / "equivalence.md"
+    with pytest.raises(TimeoutError):
+        gpucheck.main(["equivalence", "--device", "cpu", "--steps", "1", "--size", "small", "--rows", "lora_8",
+                       "--output", str(out)])
+    assert calls == [False, True, False]
+    assert "| lora_8 | fp32 | 2.00000 | 2.00000 | 0.00e+00 |" in out.read_text()
+
+
 def test_the_issues_checks_say_met_not_met_or_not_measured():
     from ptuning.gpucheck import checks, comparison
 
