@@ -224,12 +224,14 @@ def test_the_issues_checks_say_met_not_met_or_not_measured():
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout")
 def test_gpu_check_script_quick_on_cpu(tmp_path):
     """The GPU check's every step at tiny sizes on CPU: assets, bench, run-all over all rows, the report, $OUT."""
+    # the budget is the GPU run's 420 s with room to spare: the steps' timeouts are cut to what the budget leaves, and on
+    # 2 busy cores the quick bench alone has taken 90 s; the test checks what the steps produce, not how fast
     out, work = tmp_path / "out", tmp_path / "work"
     committed = REPO / "results" / "BENCHMARKS.md"
     before = committed.read_bytes() if committed.exists() else None
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--device", "cpu", "--quick", "--work", str(work),
-                           "--budget", "400"], env=env, capture_output=True, text=True, timeout=600)
+                           "--budget", "900"], env=env, capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "installing" not in proc.stdout  # transformers 4.57.6 already: no wheels
     assert "transformers: 4.57.6" in proc.stdout
