@@ -114,8 +114,8 @@ def test_fast_predict_sorted_batches_equal_predict_in_dataset_order(tiny_model, 
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=data.Collator(tok.pad_token_id))
     model.train()
     expected, golds = predict(model, loader, tok, CPU, max_length=5)
-    for batch_size, workers in ((5, None), (64, None), (5, 1)):  # workers=1: batches made in another process, as on CUDA
-        got, got_golds = fast.fast_predict(model, ds, tok, CPU, batch_size=batch_size, max_length=5, workers=workers)
+    for batch_size, background in ((5, None), (64, None), (5, True)):  # True: batches made in a thread, as on CUDA
+        got, got_golds = fast.fast_predict(model, ds, tok, CPU, batch_size=batch_size, max_length=5, background=background)
         assert got == expected and got_golds == golds
     assert model.training  # mode restored
 
@@ -150,17 +150,33 @@ def test_compiled_losses_are_copied_before_the_next_step_overwrites_them():
     assert _losses("fp32", True, _OverwrittenOutputs) == _losses("fp32", False)
 
 
-def test_eval_loader_gives_the_sorted_batches_in_order_pinned_on_cuda():
-    inputs = [[3] * n + [1] for n in (5, 1, 9, 3, 7)]
+def test_eval_batches_are_the_sorted_batches_in_order_made_ahead_and_pinned_on_cuda(monkeypatch):
+    import threading
+
+    inputs = [[3] * n + [1] for n in (5, 1, 9, 3, 7, 2)]
     chunks = fast.length_sorted_batches([len(x) for x in inputs], 2)
-    assert chunks == [[2, 4], [0, 3], [1]]
-    for workers in (0, 1):
-        batches = list(fast.eval_loader(inputs, chunks, 0, CPU, workers))
-        assert [b["input_ids"].tolist() for b in batches] == [data.Collator(0)([(inputs[i], [1]) for i in c])["input_ids"].tolist()
-                                                              for c in chunks]
-    cuda = fast.eval_loader(inputs, chunks, 0, torch.device("cuda"))  # planning only: nothing touches a GPU
-    assert (cuda.num_workers, cuda.pin_memory) == (1, True)
-    assert fast.eval_loader(inputs, chunks, 0, CPU).num_workers == 0
+    assert chunks == [[2, 4], [0, 3], [5, 1]]
+    expected = [data.Collator(0)([(inputs[i], [1]) for i in c])["input_ids"].tolist() for c in chunks]
+    for background in (False, True):
+        batches = list(fast.eval_batches(inputs, chunks, 0, CPU, background))
+        assert [b["input_ids"].tolist() for b in batches] == expected
+    # in the background: made in another thread, each once
+    made: list[tuple[int, str]] = []
+    collate = data.Collator.__call__
+    monkeypatch.setattr(data.Collator, "__call__", lambda self, b: made.append((len(b), threading.current_thread().name)) or collate(self, b))
+    batches = fast.eval_batches(inputs, chunks, 0, CPU, True)
+    first = next(batches)
+    assert first["input_ids"].tolist() == expected[0]
+    assert all(name.startswith("ptuning-eval-batches") for _, name in made)
+    assert [b["input_ids"].tolist() for b in batches] == expected[1:] and len(made) == 3
+    # on CUDA (planned here with pin_memory faked: nothing touches a GPU) every tensor is pinned, in the background
+    pinned: list[str] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(threading.current_thread().name) or self)
+    made.clear()
+    assert [b["input_ids"].tolist() for b in fast.eval_batches(inputs, chunks, 0, torch.device("cuda"))] == expected
+    assert len(pinned) == 3 * 3 and all(name.startswith("ptuning-eval-batches") for name in pinned + [n for _, n in made])
+    list(fast.eval_batches(inputs, chunks, 0, CPU))  # elsewhere, by default: in this thread, not pinned
+    assert len(pinned) == 9 and made[-1][1] == threading.current_thread().name
 
 
 def test_length_sorted_batches_cover_every_index_once():
