@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # nor a GPU: on a GPU machine `--device auto` would otherwise pick CUDA (README: CPU only)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
