@@ -242,6 +242,10 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
     from ptuning.jobs import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
+    if not jobs:  # exiting 0 having run nothing would read as success
+        from ptuning.jobs import jobs_dir
+
+        raise PtuningError(f"no job files (*.yaml) in {_jobs_dir(ctx) or jobs_dir()}; pass --jobs-dir with the folder of job files")
     if concurrency > 1:
         failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
     else:

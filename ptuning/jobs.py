@@ -188,6 +188,28 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key written twice in one mapping (plain YAML keeps the last silently,
+    so `lr: 1e-4` followed later by `lr: 1e-3` would train at 1e-3 with no word). Keys merged in with `<<` may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: the base constructor says so
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -196,7 +218,7 @@ def _read_yaml(path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise PtuningError(f"{path}: a job file must be UTF-8 text (byte {exc.start} is not)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
     except RecursionError:
         raise PtuningError(f"{path}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as exc:

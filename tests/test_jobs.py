@@ -56,6 +56,8 @@ GOOD = "title: T\nrow: 1\nmethod: {name: full, implementation: hand}\nlr: 1.0e-5
     "text, message",
     [
         ("title: [unclosed\n", "malformed YAML at line"),
+        (GOOD + "lr: 1.0e-3\n", "malformed YAML at line 5, column 1: key 'lr' appears twice"),
+        (GOOD.replace("hand}", "hand, name: lora}"), "malformed YAML at line 3, column 44: key 'name' appears twice"),
         ("- a\n- b\n", "must be a mapping"),
         (GOOD + "lrr: 1\n", "unknown key 'lrr'"),
         (GOOD + "bach_size: 4\n", "did you mean 'batch_size'"),
@@ -93,6 +95,26 @@ def test_bad_job_files_are_one_clear_error_naming_file_and_key(tmp_path, text, m
     assert message in str(info.value)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_keys_merged_in_with_yaml_anchors_may_be_overridden(tmp_path):
+    text = "base: &b {name: lora, implementation: hand, rank: 8, alpha: 4}\n"
+    path = write(tmp_path, text)  # (not a job key: only the merge matters here)
+    from ptuning.jobs import _read_yaml
+
+    path.write_text(text + "method: {<<: *b, rank: 4}\n")
+    assert _read_yaml(path)["method"] == {"name": "lora", "implementation": "hand", "rank": 4, "alpha": 4}
+
+
+def test_run_all_with_no_job_files_is_an_error_not_a_silent_success(tmp_path):
+    from click.testing import CliRunner
+
+    from ptuning.cli import main
+
+    (tmp_path / "_defaults.yaml").write_text((JOBS / "_defaults.yaml").read_text())
+    result = CliRunner().invoke(main, ["--jobs-dir", str(tmp_path), "run-all", "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1 and f"no job files (*.yaml) in {tmp_path}" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_method_rules_beyond_a_minimum_are_checked_on_load(tmp_path):
