@@ -51,9 +51,12 @@ def write_result(path: Path, result: dict[str, Any]) -> Path:
 
 def read_result(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text (a damaged or foreign file)
         raise PtuningError(f"{path}: unreadable result file ({exc})") from None
+    if not isinstance(result, dict):
+        raise PtuningError(f"{path}: unreadable result file (a JSON {type(result).__name__}, not an object)")
+    return result
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from click.testing import CliRunner
+
 from ptuning import report, results
+from ptuning.cli import main
+from ptuning.errors import PtuningError
 from ptuning.jobs import load_all_jobs
 
 from .conftest import JOBS
@@ -81,7 +86,7 @@ def test_every_table_row_has_as_many_cells_as_the_header():
 
 
 def test_pick_prefers_a_completed_faithful_run_then_the_lowest_seed():
-    """The run behind the parameter table and `ptuning check`: completed first, then faithful, then the lowest seed."""
+    """The run behind the parameter table: completed first, then faithful, then the lowest seed."""
     failed = {"job": "lora_8", "status": "failed", "reason": "x", "config": {"seed": 0}}
     heldout = {**fake_result("lora_8", seed=0), "protocol": "heldout"}
     seed2, seed1 = fake_result("lora_8", seed=2), fake_result("lora_8", seed=1)
@@ -90,3 +95,17 @@ def test_pick_prefers_a_completed_faithful_run_then_the_lowest_seed():
     assert report.pick([failed]) is failed and report.pick([]) is None and report.pick(None) is None
     row = report.parameter_rows(load_all_jobs(JOBS), {"lora_8": [failed, seed1]})
     assert next(r for r in row if r[1] == "lora_8")[4:] == ["60,801,536", "294,912", "294,912", seed1["params"]["formula"], "yes"]
+
+
+def test_a_result_file_that_is_not_a_json_object_is_skipped_and_named(tmp_path):
+    for job, content in (("full_ft", b"\xff\xfe binary"), ("lora_8", b"[1, 2]"), ("adapter_8", b"null")):
+        path = results.run_dir(tmp_path, job, 0) / results.RESULT_FILE
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content)
+        with pytest.raises(PtuningError, match="unreadable result file"):
+            results.read_result(path)
+    assert results.load_results(tmp_path) == {}
+    tables = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "tables", "--results", str(tmp_path)], catch_exceptions=False)
+    assert tables.exit_code == 0 and "| full_ft " in tables.output  # a damaged file reads as "not run"
+    check = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "check", "--results", str(tmp_path)], catch_exceptions=False)
+    assert check.exit_code == 1 and "FAIL full_ft" in check.output and "did not run" in check.output
