@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ptuning.errors import PtuningError
 from ptuning.hub import hub_error, hub_reachable, looks_like_path, quiet_hub_logs, resolve
 
@@ -19,6 +21,9 @@ def load_config(ref: str):
     from transformers import AutoConfig
 
     source, local, cache_only = _source(ref)
+    if local and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        # transformers would guess the architecture from the directory's name: a default T5 for ".../t5-small"
+        raise PtuningError(f"{ref} is not a model directory (no config.json); pass --model with one")
     try:
         config = AutoConfig.from_pretrained(source, **cache_only)
     except (OSError, ValueError) as exc:

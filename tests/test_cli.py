@@ -129,6 +129,14 @@ def test_model_that_is_not_t5_is_refused(tmp_path):
     assert result.exit_code == 1 and "is a 'bert' model; ptuning needs a T5 model" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["t5-small", "empty"])
+def test_model_directory_without_config_is_refused_whatever_its_name(tmp_path, name):
+    (tmp_path / name).mkdir()  # transformers guessed from the name: a default T5 ("t5-small"), or "mpt" ("empty")
+    result = invoke("params", "--model", str(tmp_path / name))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"ptuning: error: {tmp_path / name} is not a model directory (no config.json); pass --model with one"
+
+
 def test_console_script_help_runs_without_traceback():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "ptuning.cli", "--help"], capture_output=True, text=True, cwd=REPO, env=env)
