@@ -137,6 +137,34 @@ def test_model_directory_without_config_is_refused_whatever_its_name(tmp_path, n
     assert result.stderr.strip() == f"ptuning: error: {tmp_path / name} is not a model directory (no config.json); pass --model with one"
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: _truncate(d / "model.safetensors"), ": cannot load the model (SafetensorError: "),
+        (lambda d: (d / "tokenizer.json").write_text("{"), ": cannot load the tokenizer (Exception: "),
+        (lambda d: [(d / f).unlink() for f in ("tokenizer.json", "spiece.model")], ": no tokenizer in the model directory"),
+        (lambda d: (d / "config.json").write_text("[1, 2]"), " is not a model directory (no usable config.json)"),
+    ],
+    ids=["truncated weights", "broken tokenizer.json", "no tokenizer", "config.json a list"],
+)
+def test_damaged_model_directory_is_one_line(tmp_path, tiny_model_dir, tiny_data_dir, damage, message):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model)
+    result = invoke("run", "full_ft", "--model", str(model), "--dataset", str(tiny_data_dir), "--device", "cpu",
+                    "--output-dir", str(tmp_path / "results"))
+    assert result.exit_code == 1
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ptuning: error: [full_ft] {model}") and message in err[0], err
+    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt"))] == []
+
+
 def test_console_script_help_runs_without_traceback():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "ptuning.cli", "--help"], capture_output=True, text=True, cwd=REPO, env=env)
