@@ -61,7 +61,15 @@ def load_splits(ref: str, config: str | None = None):
                 formats = {LOCAL_FORMATS[Path(f).suffix] for f in files.values()}
                 if len(formats) > 1:
                     raise PtuningError(f"{ref}: train and test files must have the same format")
-                data = datasets.load_dataset(formats.pop(), data_files=files)
+                empty = [Path(f).name for f in files.values() if os.path.getsize(f) == 0]
+                if empty:
+                    raise PtuningError(f"{ref}: {' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty")
+                previous = datasets.logging.get_verbosity()
+                datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load JSON ..." line: ours says it
+                try:
+                    data = datasets.load_dataset(formats.pop(), data_files=files)
+                finally:
+                    datasets.logging.set_verbosity(previous)
         else:
             from ptuning.hub import hub_reachable, quiet_hub_logs
 
@@ -73,11 +81,23 @@ def load_splits(ref: str, config: str | None = None):
                 data = datasets.load_dataset(source, config)
     except PtuningError:
         raise
-    except (OSError, ValueError, ConnectionError) as exc:
+    except Exception as exc:  # a malformed local file: DatasetGenerationError, TypeError, ... besides OSError/ValueError
         if looks_like_path(ref):
-            raise PtuningError(f"{ref}: cannot read the dataset: {str(exc).splitlines()[0]}") from None
-        raise hub_error(ref, "dataset", "--dataset", exc) from None
+            raise PtuningError(f"{ref}: cannot read the dataset: {_reason(exc)}") from None
+        if isinstance(exc, (OSError, ValueError, ConnectionError)):
+            raise hub_error(ref, "dataset", "--dataset", exc) from None
+        raise
     return validate_splits(ref, data)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong; DatasetGenerationError's own text is generic, its cause says what."""
+    import datasets
+
+    if isinstance(exc, datasets.exceptions.DatasetGenerationError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def validate_splits(ref: str, data):

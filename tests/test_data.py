@@ -66,6 +66,38 @@ def test_missing_split_and_missing_path(tmp_path):
         data.load_splits(str(tmp_path / "empty"))
 
 
+GOOD_ROWS = [{"text": "good film", "label": 1}, {"text": "bad film", "label": 0}]
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"train.jsonl": '{"text": "x", "label": 1}\n{oops\n'}, "cannot read the dataset: JSON parse error"),
+        ({"train.jsonl": b"\xff\xfe\x00binary"}, "cannot read the dataset: JSON parse error"),
+        ({"train.jsonl": '{"text": "x", "label": "pos"}\n{"text": "y", "label": 0}\n'}, "cannot read the dataset: "),
+        ({"train.json": "5"}, "cannot read the dataset: "),
+        ({"train.csv": 'text,label\n"unterminated\n', "test.csv": "text,label\nok,1\n"}, "cannot read the dataset: Error tokenizing data"),
+        ({"train.jsonl": "", "test.jsonl": ""}, ": test.jsonl and train.jsonl are empty"),
+        ({"train.jsonl": ""}, ": train.jsonl is empty"),
+    ],
+    ids=["malformed jsonl", "binary jsonl", "mixed label types", "json scalar", "broken csv", "empty files", "empty train"],
+)
+def test_malformed_dataset_files_are_one_clear_error(tmp_path, capfd, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    suffix = next(iter(files)).rsplit(".", 1)[1]
+    if f"test.{suffix}" not in files:
+        test = tmp_path / f"test.{suffix}"
+        if suffix == "json":
+            test.write_text(json.dumps(GOOD_ROWS))
+        else:
+            _jsonl(test, GOOD_ROWS)
+    with pytest.raises(PtuningError) as info:
+        data.load_splits(str(tmp_path))
+    assert str(info.value).startswith(str(tmp_path)) and message in str(info.value) and "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""  # not the libraries' own "Failed to load JSON ..." line as well
+
+
 def test_unreachable_hub_dataset_is_one_clear_line():
     with pytest.raises(PtuningError) as info:
         data.load_splits("stanfordnlp/imdb", "plain_text")
