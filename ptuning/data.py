@@ -115,6 +115,12 @@ def validate_splits(ref: str, data):
                 raise PtuningError(
                     f"{ref}: split {split!r} has no {column!r} column (columns: {', '.join(ds.column_names)})"
                 )
+        text = ds.features["text"]
+        if getattr(text, "dtype", None) not in ("string", "large_string"):
+            raise PtuningError(f"{ref}: split {split!r}: the 'text' column must hold strings, not {getattr(text, 'dtype', None) or text}")
+        missing = ds.data.column("text").null_count
+        if missing:
+            raise PtuningError(f"{ref}: split {split!r} has {missing} review(s) with no text (null); remove or fill them")
         labels = set(ds.unique("label"))
         if not labels <= {0, 1}:
             bad = sorted(labels - {0, 1}, key=str)[:5]

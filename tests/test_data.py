@@ -45,6 +45,8 @@ def _jsonl(path, rows):
         ([{"review": "x", "label": 0}], "has no 'text' column"),
         ([{"text": "x", "sentiment": 0}], "has no 'label' column"),
         ([{"text": "x", "label": 2}], "only 0 (negative) and 1 (positive)"),
+        ([{"text": "x", "label": 0}, {"text": None, "label": 1}], "split 'train' has 1 review(s) with no text (null)"),
+        ([{"text": 5, "label": 0}, {"text": 6, "label": 1}], "split 'train': the 'text' column must hold strings, not int64"),
     ],
 )
 def test_bad_datasets_are_one_clear_error(tmp_path, rows, message):
