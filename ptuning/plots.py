@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ptuning import stats
+from ptuning.errors import PtuningError
 
 FILES = {"accuracy": "accuracy_per_epoch.png", "pareto": "pareto.png", "time": "train_time.png"}
 PLOTS_DIR = "plots"
@@ -146,16 +147,25 @@ def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Pat
     rows = plotted_rows(jobs, results)
     if not rows:
         return []
+    from ptuning.atomic import remove
+
     plt = _pyplot()
     directory = Path(results_dir) / PLOTS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, build in (("accuracy", accuracy_per_epoch_figure), ("pareto", pareto_figure), ("time", train_time_figure)):
-        fig = build(rows)
-        path = directory / FILES[key]
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        tmp.replace(path)  # never a half-written PNG
-        written.append(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, build in (("accuracy", accuracy_per_epoch_figure), ("pareto", pareto_figure), ("time", train_time_figure)):
+            fig = build(rows)
+            path = directory / FILES[key]
+            tmp = path.with_name(f".{path.stem}.tmp.png")
+            try:
+                fig.savefig(tmp, dpi=120)
+                tmp.replace(path)  # never a half-written PNG
+            finally:
+                plt.close(fig)
+                remove(tmp)
+            written.append(path)
+    except OSError as exc:  # a read-only results directory, a full disk, a file named plots
+        raise PtuningError(f"cannot write the plots to {directory}: {exc.strerror or exc}; make it a writable directory "
+                           "(the results and the tables do not need it)") from None
     return written

@@ -80,3 +80,14 @@ def test_no_results_no_plots(tmp_path):
     assert out.exit_code == 1 and "nothing to plot" in out.stderr
     tables = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "tables", "--results", str(tmp_path)])
     assert "## Plots" not in tables.output
+
+
+def test_plots_that_cannot_be_written_are_one_line_and_leave_nothing(tmp_path):
+    for job, runs in fake_results().items():
+        for r in runs:
+            results.write_result(results.run_dir(tmp_path, job, r["config"]["seed"], r.get("protocol", "faithful")) / results.RESULT_FILE, r)
+    (tmp_path / "plots").write_text("not a directory")  # as a read-only results directory would: mkdir fails
+    out = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "plots", "--results", str(tmp_path)])
+    assert out.exit_code == 1, out.exception
+    assert out.stderr.strip() == f"ptuning: error: cannot write the plots to {tmp_path / 'plots'}: File exists; make it a writable directory (the results and the tables do not need it)"
+    assert (tmp_path / "plots").read_text() == "not a directory"
