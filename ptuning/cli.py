@@ -101,6 +101,13 @@ def _parse_seeds(ctx, param, value: str | None) -> list[int] | None:
     return seeds
 
 
+def _parse_rows(ctx, param, value: str) -> list[str]:
+    rows = [r.strip() for r in value.split(",") if r.strip()]
+    if not rows:
+        raise click.BadParameter(f"expected at least one job name such as full_ft,lora_8, got {value!r}")
+    return rows
+
+
 OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", "seeds", "protocol", "heldout_size", "speed", "precision")
 
 
@@ -261,7 +268,7 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--size", type=click.Choice(["small", "t5-small"]), default=None, help="Model shape (default: t5-small on CUDA, small on CPU).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed training steps per path (default: 50 on CUDA, 3 on CPU).")
-@click.option("--rows", default="full_ft", show_default=True, help="Comma-separated jobs to bench (e.g. full_ft,lora_8).")
+@click.option("--rows", default="full_ft", show_default=True, callback=_parse_rows, help="Comma-separated jobs to bench (e.g. full_ft,lora_8).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch size.")
 @click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True, help="Input length limit of the synthetic reviews.")
 @click.option("--eval-reviews", type=click.IntRange(min=1), default=None, help="Reviews decoded per path (default: 2048 on CUDA, 64 on CPU).")
@@ -272,7 +279,7 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write the markdown to this file.")
 @click.option("--json", "json_output", type=click.Path(dir_okay=False), help="Also write the measurements as JSON to this file.")
 @click.pass_context
-def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: str, batch_size: int, max_length: int,
+def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, rows: list[str], batch_size: int, max_length: int,
           eval_reviews: int | None,
           precision: str, compile_: bool, cuda_graphs: bool, concurrency: int, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
@@ -285,7 +292,7 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
         raise PtuningError("--compile needs a CUDA device")
     data: dict = {}
     text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
-                     [r.strip() for r in rows.split(",") if r.strip()], batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
+                     rows, batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs, concurrency=concurrency, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
     click.echo(text)
     for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):

@@ -376,3 +376,11 @@ def test_bench_with_an_unknown_row_is_one_line_before_anything_is_timed():
     result = _invoke("bench", "--device", "cpu", "--rows", "full_ft,no_such_row", "--steps", "1", "--eval-reviews", "4")
     assert result.exit_code == 1
     assert result.stderr.strip() == f"ptuning: error: no job named 'no_such_row' in {JOBS}; nearest: zero_shot (see `ptuning list`)"
+
+
+@pytest.mark.parametrize("rows", ["", ",", " , "])
+def test_bench_without_rows_is_a_usage_error_before_anything_is_timed(rows):
+    result = _invoke("bench", "--device", "cpu", "--rows", rows, "--concurrency", "2", "--steps", "1", "--eval-reviews", "4")
+    assert result.exit_code == 2
+    assert "Invalid value for '--rows': expected at least one job name such as full_ft,lora_8" in result.stderr
+    assert "bench:" not in result.stderr  # nothing was timed
