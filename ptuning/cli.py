@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -283,6 +284,7 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
           eval_reviews: int | None,
           precision: str, compile_: bool, cuda_graphs: bool, concurrency: int, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
+    from ptuning.atomic import atomic_save
     from ptuning.bench import run_bench
     from ptuning.runner import resolve_device
 
@@ -290,6 +292,8 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
     cuda = dev.type == "cuda"
     if compile_ and not cuda:
         raise PtuningError("--compile needs a CUDA device")
+    for option, path in (("--output", output), ("--json", json_output)):
+        _check_writable_file(option, path)  # before minutes of timing, not after
     data: dict = {}
     text = run_bench(dev, size or ("t5-small" if cuda else "small"), steps or (50 if cuda else 3),
                      rows, batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
@@ -297,9 +301,20 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
     click.echo(text)
     for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(content)
+            atomic_save(Path(path), lambda tmp: tmp.write_text(content))  # an earlier file stays whole if this fails
             click.echo(f"bench: written to {path}", err=True)
+
+
+def _check_writable_file(option: str, path: str | None) -> None:
+    """Refuse a file path whose nearest existing folder is not a writable directory."""
+    if path is None:
+        return
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        problem = "is not a directory" if not folder.is_dir() else "is not writable"
+        raise PtuningError(f"{option} {path}: cannot write there ({folder} {problem}); pass {option} with a writable path")
 
 
 def _require_results(results_dir: str) -> None:

@@ -384,3 +384,14 @@ def test_bench_without_rows_is_a_usage_error_before_anything_is_timed(rows):
     assert result.exit_code == 2
     assert "Invalid value for '--rows': expected at least one job name such as full_ft,lora_8" in result.stderr
     assert "bench:" not in result.stderr  # nothing was timed
+
+
+@pytest.mark.parametrize("option", ["--output", "--json"])
+def test_bench_output_that_cannot_be_written_is_one_line_before_anything_is_timed(tmp_path, option):
+    (tmp_path / "a-file").write_text("kept")
+    target = tmp_path / "a-file" / "bench.out"
+    result = _invoke("bench", "--device", "cpu", "--steps", "1", "--eval-reviews", "4", option, str(target))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"ptuning: error: {option} {target}: cannot write there ({tmp_path / 'a-file'} is not a directory); "
+                                     f"pass {option} with a writable path")
+    assert (tmp_path / "a-file").read_text() == "kept"
