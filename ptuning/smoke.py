@@ -27,6 +27,12 @@ def assets_dir() -> Path:
 
 def prepare(workdir: Path | None = None) -> tuple[Path, Path]:
     """(model_dir, dataset_dir) of the tiny assets, built once and reused."""
+    from ptuning.errors import PtuningError
     from ptuning.tiny import build_assets
 
-    return build_assets(Path(workdir) if workdir else assets_dir())
+    directory = Path(workdir) if workdir else assets_dir()
+    try:
+        return build_assets(directory)
+    except OSError as exc:
+        raise PtuningError(f"cannot build the tiny model and data in {directory}: {exc.strerror or exc}; "
+                           "pass --workdir with a writable directory") from None

@@ -29,3 +29,13 @@ def test_smoke_runs_the_ten_rows_and_zero_shot(tmp_path, tiny_assets):
         assert data["config"]["model"] == str(model_dir)
         assert (run / artifact).exists(), job
     assert result.output.count("| yes") == 11  # every parameter count equals its formula
+
+
+def test_smoke_workdir_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("kept")
+    result = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "smoke", "--workdir", str(tmp_path / "a-file" / "w"),
+                                       "--output-dir", str(tmp_path / "smoke"), "zero_shot"])
+    assert result.exit_code == 1, result.exception
+    assert result.stderr.strip() == (f"ptuning: error: cannot build the tiny model and data in {tmp_path / 'a-file' / 'w'}: "
+                                     "Not a directory; pass --workdir with a writable directory")
+    assert not (tmp_path / "smoke").exists()
