@@ -9,6 +9,7 @@ only heldout-protocol results (a different figure from the report's).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
     from ptuning.jobs import load_all_jobs
     from ptuning.results import load_results
 
-    if tolerance < 0:
+    if math.isnan(tolerance) or tolerance < 0:  # nan compares false with everything: every row would fail
         raise PtuningError(f"tolerance must be >= 0 points, got {tolerance}")
     results_dir = Path(results_dir)
     if not results_dir.is_dir():

@@ -160,3 +160,12 @@ def test_cli_exit_codes(tmp_path, jobs):
     assert result.exit_code == (0 if DEFAULT_TOLERANCE >= 0.3 else 1)
     result = runner.invoke(main, ["--jobs-dir", str(JOBS_DIR), "check", "--results", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-0.5"])
+def test_cli_refuses_a_tolerance_that_is_not_a_distance(tmp_path, jobs, tolerance):
+    write_all(tmp_path, jobs)
+    result = CliRunner().invoke(main, ["--jobs-dir", str(JOBS_DIR), "check", "--results", str(tmp_path), "--tolerance", tolerance])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"ptuning: error: tolerance must be >= 0 points, got {float(tolerance)}"
+    assert result.stdout == ""
