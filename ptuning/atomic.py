@@ -36,7 +36,7 @@ def remove(path: Path) -> None:
     else:
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there, or its folder is a file: nothing to remove
             pass
 
 

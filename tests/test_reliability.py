@@ -278,6 +278,17 @@ def test_read_only_output_directory_is_one_line_and_writes_nothing(jobs_dir, tmp
     assert files(out) == []
 
 
+def test_a_file_where_the_job_directory_goes_is_one_line_and_kept(jobs_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("not a directory")  # where a/seed0/ would go
+    result = run_a(jobs_dir, out)
+    assert result.exit_code == 1
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ptuning: error: [a] cannot write {out / 'a' / 'seed0' / 'checkpoint.pt'}: "), err
+    assert files(out) == ["a"] and (out / "a").read_text() == "not a directory"
+
+
 def test_output_lock_refuses_a_holder_and_ignores_a_stale_file(tmp_path):
     with OutputLock(tmp_path / "out"):
         assert (tmp_path / "out" / LOCK_FILE).read_text().strip() == str(os.getpid())
