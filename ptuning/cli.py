@@ -106,6 +106,9 @@ def _parse_rows(ctx, param, value: str) -> list[str]:
     rows = [r.strip() for r in value.split(",") if r.strip()]
     if not rows:
         raise click.BadParameter(f"expected at least one job name such as full_ft,lora_8, got {value!r}")
+    repeated = sorted({r for r in rows if rows.count(r) > 1})
+    if repeated:  # timed twice, reported once
+        raise click.BadParameter(f"{', '.join(repeated)} named more than once in {value!r}")
     return rows
 
 

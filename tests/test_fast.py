@@ -386,6 +386,13 @@ def test_bench_without_rows_is_a_usage_error_before_anything_is_timed(rows):
     assert "bench:" not in result.stderr  # nothing was timed
 
 
+def test_bench_with_a_row_named_twice_is_a_usage_error():
+    result = _invoke("bench", "--device", "cpu", "--rows", "full_ft,lora_8,full_ft", "--steps", "1", "--eval-reviews", "4")
+    assert result.exit_code == 2
+    assert "Invalid value for '--rows': full_ft named more than once in 'full_ft,lora_8,full_ft'" in result.stderr
+    assert "bench:" not in result.stderr
+
+
 @pytest.mark.parametrize("option", ["--output", "--json"])
 def test_bench_output_that_cannot_be_written_is_one_line_before_anything_is_timed(tmp_path, option):
     (tmp_path / "a-file").write_text("kept")
