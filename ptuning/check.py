@@ -67,20 +67,21 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
     if not results_dir.is_dir():
         raise PtuningError(f"results directory {results_dir} does not exist; run jobs first or pass --results DIR")
     jobs = load_all_jobs() if jobs is None else jobs
+    skipped: list[str] = []
     faithful, others = {}, {}
-    for row in stats.rows(jobs, load_results(results_dir)):
+    for row in stats.rows(jobs, load_results(results_dir, skipped)):
         if row.protocol == "faithful":
             faithful[row.job.name] = row
         elif row.protocol is not None:
             others.setdefault(row.job.name, []).append(row.protocol)
 
-    lines: list[str] = []
-    passed = failed = skipped = 0
+    lines: list[str] = [f"WARN left out: {line}" for line in skipped]
+    passed = failed = unreferenced = 0
     for job in jobs:
         ref = job.reference_accuracy
         head = f"{job.name:<28}"
         if ref is None:
-            skipped += 1
+            unreferenced += 1
             lines.append(f"SKIP {head} no reference accuracy in the job file")
             continue
         problem = _problem(faithful.get(job.name), others.get(job.name, []), results_dir)
@@ -100,8 +101,8 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
 
     ok = failed == 0 and passed > 0
     summary = f"check: {passed} within ±{tolerance:g} points, {failed} failed"
-    if skipped:
-        summary += f", {skipped} without a reference"
+    if unreferenced:
+        summary += f", {unreferenced} without a reference"
     if passed == 0 and failed == 0:
         summary += " (nothing to check)"
     lines.append(summary)

@@ -200,19 +200,28 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
         signal.signal(signal.SIGTERM, previous)
 
 
+def _load_results(results_dir: Path, quiet: bool = False) -> dict:
+    """The results in `results_dir`; each unreadable result file is one warning line on stderr (unless `quiet`)."""
+    from ptuning.results import load_results
+
+    skipped: list[str] = []
+    results = load_results(results_dir, skipped)
+    for line in [] if quiet else skipped:
+        click.echo(f"ptuning: warning: left out: {line}", err=True)
+    return results
+
+
 def _print_tables(jobs, results_dir: Path) -> None:
     from ptuning.plots import plot_paths
     from ptuning.report import tables
-    from ptuning.results import load_results
 
-    click.echo(tables(jobs, load_results(results_dir), plot_paths(results_dir)))
+    click.echo(tables(jobs, _load_results(results_dir), plot_paths(results_dir)))
 
 
-def _write_plots(jobs, results_dir: Path) -> list[Path]:
+def _write_plots(jobs, results_dir: Path, quiet: bool = False) -> list[Path]:
     from ptuning.plots import write_plots
-    from ptuning.results import load_results
 
-    return write_plots(jobs, load_results(results_dir), results_dir)
+    return write_plots(jobs, _load_results(results_dir, quiet), results_dir)
 
 
 @main.command("list")
@@ -261,7 +270,7 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
         failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
     else:
         failures = _run_jobs(jobs, kwargs)
-    _write_plots(jobs, Path(kwargs["output_dir"]))
+    _write_plots(jobs, Path(kwargs["output_dir"]), quiet=True)  # the tables' warnings say it once
     _print_tables(jobs, Path(kwargs["output_dir"]))
     if failures:
         click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)

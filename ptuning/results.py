@@ -56,17 +56,71 @@ def read_result(path: Path) -> dict[str, Any]:
         raise PtuningError(f"{path}: unreadable result file ({exc})") from None
     if not isinstance(result, dict):
         raise PtuningError(f"{path}: unreadable result file (a JSON {type(result).__name__}, not an object)")
+    problem = schema_problem(result)
+    if problem:
+        raise PtuningError(f"{path}: unreadable result file ({problem})")
     return result
 
 
-def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """job name → its result dicts (one per seed and protocol), skipping unreadable files."""
+def _number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+#: result fields the tables, plots and check read, and what each must be when present
+_TEXT = ("job", "title", "status", "reason", "protocol")
+_NUMBERS = ("max_accuracy", "reported_accuracy", "final_accuracy", "selected_epoch", "max_epoch", "train_seconds",
+            "artifact_bytes", "peak_gpu_memory_bytes", "peak_gpu_memory_reserved_bytes")
+_EPOCH_NUMBERS = ("epoch", "accuracy", "val_accuracy", "train_loss")
+
+
+def schema_problem(result: dict[str, Any]) -> str | None:
+    """What makes a result unusable for the tables, plots and check (a hand-edited or foreign file), or None.
+
+    ptuning writes its results atomically, so only an edit or another program gets here; without this the
+    first table or plot to read such a field would end in a traceback."""
+    for key in _TEXT:
+        if result.get(key) is not None and not isinstance(result[key], str):
+            return f"{key!r} is a {type(result[key]).__name__}, not text"
+    for key in _NUMBERS:
+        if not _number(result.get(key)):
+            return f"{key!r} is {result[key]!r}, not a number"
+    for key in ("config", "params"):
+        if result.get(key) is not None and not isinstance(result[key], dict):
+            return f"{key!r} is a {type(result[key]).__name__}, not a mapping"
+    params = result.get("params") or {}
+    if params and not isinstance(params.get("trainable"), int):
+        return "'params.trainable' is missing or not a whole number"
+    for key in ("total", "added"):
+        if not _number(params.get(key)):
+            return f"'params.{key}' is {params[key]!r}, not a number"
+    config = result.get("config") or {}
+    for key in ("seed", "epochs"):
+        if not _number(config.get(key)):
+            return f"'config.{key}' is {config[key]!r}, not a number"
+    if config.get("protocol") is not None and not isinstance(config["protocol"], str):
+        return "'config.protocol' is not text"
+    epochs = result.get("epochs")
+    if epochs is not None:
+        if not isinstance(epochs, list) or not all(isinstance(e, dict) for e in epochs):
+            return "'epochs' is not a list of mappings"
+        for e in epochs:
+            for key in _EPOCH_NUMBERS:
+                if not _number(e.get(key)):
+                    return f"an epoch's {key!r} is {e[key]!r}, not a number"
+    return None
+
+
+def load_results(results_dir: Path, skipped: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """job name → its result dicts (one per seed and protocol). An unreadable file is left out, and what was wrong
+    with it appended to `skipped` (one line per file) when given."""
     results: dict[str, list[dict[str, Any]]] = {}
     paths = [*Path(results_dir).glob(f"*/seed*/{RESULT_FILE}"), *Path(results_dir).glob(f"*/*-seed*/{RESULT_FILE}")]
     for path in sorted(paths):
         try:
             result = read_result(path)
-        except PtuningError:
+        except PtuningError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
             continue
         results.setdefault(result.get("job", path.parent.parent.name), []).append(result)
     return results

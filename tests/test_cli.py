@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptuning.cli import main
+from ptuning.results import schema_problem
 from ptuning.stats import summarize
 
 from .conftest import JOBS, REPO
@@ -42,6 +43,7 @@ def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model
     assert result.exit_code == 0, result.output
     data = json.loads((out / "full_ft" / "seed0" / "result.json").read_text())
     assert data["status"] == "completed" and len(data["epochs"]) == 2
+    assert schema_problem(data) is None  # what the runner writes, the tables read
     assert data["max_accuracy"] == max(e["accuracy"] for e in data["epochs"])
     assert data["final_accuracy"] == data["epochs"][-1]["accuracy"]
     assert data["params"]["added"] == 0 and data["params"]["trainable"] == data["params"]["total"] and data["params"]["match"]

@@ -24,6 +24,7 @@ from ptuning.cli import main
 from ptuning.errors import PtuningError
 from ptuning.interrupt import PAUSE_ENV
 from ptuning.lock import LOCK_FILE, OutputLock
+from ptuning.results import schema_problem
 
 from .conftest import JOBS, REPO
 
@@ -185,6 +186,7 @@ def test_nan_loss_marks_the_job_failed_and_run_all_goes_on(tmp_path, tiny_model_
     assert "1 of 2 jobs failed: exploding" in result.stderr
     failed = json.loads((out / "exploding/seed0/result.json").read_text())
     assert failed["status"] == "failed" and "loss is nan at step" in failed["reason"]
+    assert schema_problem(failed) is None
     assert len(metrics(out, "after")) == 2  # the next job ran
     row = next(line for line in result.output.splitlines() if "| exploding " in line)
     assert "failed: loss is nan" in row
@@ -330,7 +332,7 @@ def test_fast_path_and_heldout_protocol_resume_exactly(jobs_dir, tmp_path, monke
 
     def curve(out):
         data = json.loads((out / "a" / "heldout-seed0" / "result.json").read_text())
-        assert data["status"] == "completed" and data["speed"]["fast"] is True
+        assert data["status"] == "completed" and data["speed"]["fast"] is True and schema_problem(data) is None
         return [(e["train_loss"], e["accuracy"], e["val_accuracy"]) for e in data["epochs"]]
 
     whole = tmp_path / "whole"

@@ -109,3 +109,48 @@ def test_a_result_file_that_is_not_a_json_object_is_skipped_and_named(tmp_path):
     assert tables.exit_code == 0 and "| full_ft " in tables.output  # a damaged file reads as "not run"
     check = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "check", "--results", str(tmp_path)], catch_exceptions=False)
     assert check.exit_code == 1 and "FAIL full_ft" in check.output and "did not run" in check.output
+
+
+def _edited(change) -> dict:
+    result = fake_result("lora_8")
+    change(result)
+    return result
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda r: r.update(config=["seed", 0]), "'config' is a list, not a mapping"),
+        (lambda r: r["config"].update(seed="zero"), "'config.seed' is 'zero', not a number"),
+        (lambda r: r["config"].update(epochs=True), "'config.epochs' is True, not a number"),
+        (lambda r: r.update(epochs="x"), "'epochs' is not a list of mappings"),
+        (lambda r: r.update(epochs=[{"epoch": 1, "accuracy": "high"}]), "an epoch's 'accuracy' is 'high', not a number"),
+        (lambda r: r.update(max_accuracy="89"), "'max_accuracy' is '89', not a number"),
+        (lambda r: r.update(train_seconds=[1]), "'train_seconds' is [1], not a number"),
+        (lambda r: r.update(status=1), "'status' is a int, not text"),
+        (lambda r: r.update(params="many"), "'params' is a str, not a mapping"),
+        (lambda r: r["params"].pop("trainable"), "'params.trainable' is missing or not a whole number"),
+        (lambda r: r["params"].update(total="60M"), "'params.total' is '60M', not a number"),
+    ],
+)
+def test_a_hand_edited_result_with_a_wrong_field_is_left_out_with_one_warning(tmp_path, change, problem):
+    path = results.run_dir(tmp_path, "lora_8", 0) / results.RESULT_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_edited(change)))
+    results.write_result(results.run_dir(tmp_path, "full_ft", 0) / results.RESULT_FILE, fake_result("full_ft"))  # a good one beside it
+    with pytest.raises(PtuningError) as info:
+        results.read_result(path)
+    assert str(info.value) == f"{path}: unreadable result file ({problem})"
+    skipped: list[str] = []
+    assert list(results.load_results(tmp_path, skipped)) == ["full_ft"] and skipped == [str(info.value)]
+    runner = CliRunner()
+    for command in ("tables", "plots"):
+        out = runner.invoke(main, ["--jobs-dir", str(JOBS), command, "--results", str(tmp_path)], catch_exceptions=False)
+        assert out.exit_code == 0 and out.stderr == f"ptuning: warning: left out: {path}: unreadable result file ({problem})\n"
+    check = runner.invoke(main, ["--jobs-dir", str(JOBS), "check", "--results", str(tmp_path)], catch_exceptions=False)
+    assert check.exit_code == 1 and check.output.splitlines()[0] == f"WARN left out: {path}: unreadable result file ({problem})"
+
+
+def test_a_result_the_runner_writes_passes_the_schema():
+    assert results.schema_problem(fake_result("lora_8")) is None
+    assert results.schema_problem({"job": "full_ft", "status": "failed", "reason": "x", "config": {"seed": 0}}) is None

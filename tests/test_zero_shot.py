@@ -39,6 +39,9 @@ def test_zero_shot_runs_without_any_optimizer_step(tmp_path, monkeypatch, tiny_m
     assert result["params"]["trainable"] == 0 and result["params"]["added"] == 0 and result["params"]["match"]
     assert result["artifact"] is None and result["artifact_bytes"] is None
     assert sorted(p.name for p in (tmp_path / "zero_shot" / "seed0").iterdir()) == ["result.json"]
+    from ptuning.results import read_result, schema_problem
+
+    assert schema_problem(result) is None and read_result(tmp_path / "zero_shot" / "seed0" / "result.json") == result
 
 
 def test_zero_shot_method_freezes_everything(tiny_model):
