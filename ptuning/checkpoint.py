@@ -109,7 +109,16 @@ def load(path: Path) -> dict[str, Any]:
         raise PtuningError(f"{path}: unreadable checkpoint ({type(exc).__name__}); rerun with --force to start over") from None
     if payload.get("format") != FORMAT:
         raise PtuningError(f"{path}: checkpoint format {payload.get('format')!r} is not {FORMAT}; rerun with --force to start over")
+    for key, kind in _FIELDS.items():
+        value = payload.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise PtuningError(f"{path}: unreadable checkpoint ({key!r} is missing or of the wrong type); rerun with --force to start over")
     return payload
+
+
+#: what a resume reads from a checkpoint, and its type (a checkpoint of this format missing one was edited by hand)
+_FIELDS: dict[str, Any] = {"config": dict, "trainable": dict, "rng": dict, "generator": torch.Tensor, "epochs": list, "step": int,
+                           "loss_total": (int, float), "step_seconds": (int, float), "wall_seconds": (int, float)}
 
 
 def plan(rdir: Path, config: dict[str, Any], force: bool) -> tuple[str, Any]:

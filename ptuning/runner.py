@@ -187,13 +187,18 @@ def run_job(
     resumed_from = None
     if found is not None:
         checkpoint.load_trainable_state(method, model, found["trainable"], ckpt_path)
-        if optimizer is not None:
-            optimizer.load_state_dict(found["optimizer"])
-        generator.set_state(found["generator"])
-        epochs = list(found["epochs"])
-        start_step, start_total, start_seconds = found["step"], found["loss_total"], found["step_seconds"]
-        prior_wall = found["wall_seconds"]
-        checkpoint.set_rng_state(found["rng"], device)  # last: nothing after this may draw random numbers
+        try:  # the parts checkpoint.load checked the types of; their contents only the libraries can judge
+            if optimizer is not None:
+                optimizer.load_state_dict(found["optimizer"])
+            generator.set_state(found["generator"])
+            epochs = list(found["epochs"])
+            start_step, start_total, start_seconds = found["step"], found["loss_total"], found["step_seconds"]
+            prior_wall = found["wall_seconds"]
+            checkpoint.set_rng_state(found["rng"], device)  # last: nothing after this may draw random numbers
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise PtuningError(f"{ckpt_path}: the checkpoint does not fit this run ({type(exc).__name__}: {detail}); "
+                               "rerun with --force to start over") from None
         resumed_from = {"epochs_done": len(epochs), "step": start_step}
         where = f"epoch {len(epochs) + 1}, after step {start_step} of {steps_per_epoch}" if start_step else f"the end of epoch {len(epochs)}"
         echo(f"[{job.name}] resuming from {ckpt_path} at {where}")

@@ -222,6 +222,22 @@ def test_full_disk_while_writing_the_result_loses_nothing(jobs_dir, reference, t
     assert not [f for f in files(out) if ".tmp" in f]
     monkeypatch.undo()
 
+    # a checkpoint edited by hand: one line each, and the file left as it was
+    ckpt = out / "a" / "seed0" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    for edit, message in ((lambda p: p.pop("trainable"), "unreadable checkpoint ('trainable' is missing or of the wrong type)"),
+                          (lambda p: p.update(step=1.5), "unreadable checkpoint ('step' is missing or of the wrong type)"),
+                          (lambda p: p["optimizer"].update(param_groups=[]), "the checkpoint does not fit this run (ValueError: ")):
+        ckpt.write_bytes(good)
+        payload = torch.load(ckpt, weights_only=True)
+        edit(payload)
+        torch.save(payload, ckpt)
+        edited = ckpt.read_bytes()
+        result = run_a(jobs_dir, out)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert "rerun with --force to start over" in result.stderr and ckpt.read_bytes() == edited
+    ckpt.write_bytes(good)
+
     result = run_a(jobs_dir, out)  # space freed: the last epoch's checkpoint finishes the job
     assert result.exit_code == 0 and "the end of epoch 2" in result.output
     assert metrics(out) == reference
