@@ -17,13 +17,18 @@ from typing import Callable
 from ptuning.errors import PtuningError
 
 
-def write_error(path: Path, exc: OSError) -> PtuningError:
-    """The one line for an OSError while writing `path`, with what to do about it."""
+#: what to do about an unwritable path, for the runs' files (results, checkpoints, trained parameters)
+RUN_OUTPUT = "pass --output-dir with a writable directory"
+
+
+def write_error(path: Path, exc: OSError, writable: str = RUN_OUTPUT) -> PtuningError:
+    """The one line for an OSError while writing `path`, with what to do about it (`writable`: the option or setting
+    that points somewhere else; a run resumes from its checkpoint, other commands just start again)."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = "free some space and rerun the same command (it resumes from the last checkpoint)"
+        hint = "free some space and rerun the same command" + (" (it resumes from the last checkpoint)" if writable == RUN_OUTPUT else "")
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "pass --output-dir with a writable directory"
+        hint = writable
     else:
         hint = "nothing was half-written; fix the problem and rerun the same command"
     return PtuningError(f"cannot write {path}: {reason}; {hint}")
@@ -48,8 +53,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(path: Path, writer: Callable[[Path], object]) -> Path:
+def atomic_save(path: Path, writer: Callable[[Path], object], writable: str = RUN_OUTPUT) -> Path:
     """Call `writer(tmp)` to write a file or a directory at `tmp`, then move it to `path`.
+
+    An OSError is one line (`write_error`, with `writable` as the advice for an unwritable place).
 
     For a directory target that already exists, the old directory is renamed aside, the new one
     renamed in, and the old one removed: `path` is never a half-written directory.
@@ -77,7 +84,7 @@ def atomic_save(path: Path, writer: Callable[[Path], object]) -> Path:
             raise OSError(errno.ENOENT, "nothing was written", str(tmp))
     except OSError as exc:
         remove(tmp)
-        raise write_error(path, exc) from None
+        raise write_error(path, exc, writable) from None
     except BaseException:
         remove(tmp)
         raise

@@ -311,9 +311,9 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
                      rows, batch_size=batch_size, max_length=max_length, eval_reviews=eval_reviews, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs, concurrency=concurrency, jobs_dir=_jobs_dir(ctx), echo=lambda m: click.echo(m, err=True), data=data)
     click.echo(text)
-    for path, content in ((output, text + "\n"), (json_output, json.dumps(data, indent=2) + "\n")):
-        if path:
-            atomic_save(Path(path), lambda tmp: tmp.write_text(content))  # an earlier file stays whole if this fails
+    for option, path, content in (("--output", output, text + "\n"), ("--json", json_output, json.dumps(data, indent=2) + "\n")):
+        if path:  # an earlier file stays whole if this fails
+            atomic_save(Path(path), lambda tmp: tmp.write_text(content), writable=f"pass {option} with a writable path")
             click.echo(f"bench: written to {path}", err=True)
 
 

@@ -416,3 +416,21 @@ def test_time_outside_train_and_eval_is_recorded(jobs_dir, tmp_path, monkeypatch
     assert data["save_seconds"] >= 3 * 0.2  # 2 epochs' checkpoints + the trained parameters
     work = data["train_seconds"] + data["eval_seconds"]
     assert work + data["save_seconds"] <= data["wall_seconds"] < work + data["save_seconds"] + 1.5  # setup is outside it
+
+
+def test_write_errors_say_what_to_do_for_the_command_at_hand(tmp_path):
+    from ptuning.atomic import write_error
+
+    full, denied = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EACCES, "Permission denied")
+    assert str(write_error(Path("r.json"), full)) == (
+        "cannot write r.json: No space left on device; free some space and rerun the same command (it resumes from the last checkpoint)")
+    assert str(write_error(Path("r.json"), denied)) == "cannot write r.json: Permission denied; pass --output-dir with a writable directory"
+    bench = "pass --output with a writable path"
+    assert str(write_error(Path("b.md"), full, bench)) == "cannot write b.md: No space left on device; free some space and rerun the same command"
+
+    def refuse(tmp):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PtuningError) as info:
+        atomic_save(tmp_path / "b.md", refuse, writable=bench)
+    assert str(info.value) == f"cannot write {tmp_path / 'b.md'}: Permission denied; {bench}" and not list(tmp_path.iterdir())
