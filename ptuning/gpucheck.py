@@ -413,6 +413,103 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
     return "\n".join(lines) + "\n"
 
 
+def _kernel_table(prof, device, steps: int, top: int) -> tuple[float, float, list[str]]:
+    """(busy µs per step, kernels per step, markdown rows of the `top` entries) from a finished profiler: on CUDA the
+    GPU kernels by their own device time; elsewhere the operators by their own CPU time."""
+    from torch.autograd import DeviceType
+
+    cuda = device.type == "cuda"
+    events = [e for e in prof.key_averages() if (e.device_type == DeviceType.CUDA if cuda else e.device_type == DeviceType.CPU)]
+    timed = [(e.self_device_time_total if cuda else e.self_cpu_time_total, e) for e in events]
+    timed = sorted(((t, e) for t, e in timed if t > 0), key=lambda te: -te[0])
+    total = sum(t for t, _ in timed)
+    rows = []
+    for t, e in timed[:top]:
+        name = e.key.replace("|", "/")
+        name = name if len(name) <= 90 else name[:87] + "..."
+        rows.append(f"| `{name}` | {e.count / steps:.1f} | {t / steps:,.0f} | {100 * t / total:.1f}% |")
+    return total / steps, sum(e.count for _, e in timed) / steps, rows
+
+
+def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str = "t5-small", seed: int = 0, top: int = 15,
+            on_line=None) -> str:
+    """Markdown: where a fast-path training step's time goes, eager and (on CUDA) replayed as a CUDA graph.
+
+    For each row and mode: the wall time per step (timed apart, without the profiler), then under
+    `torch.profiler` the time per step the GPU spent in kernels (on CPU: in operators), their number per step,
+    and the `top` kernels by their own time. Busy time close to the wall time means the step is bound by its
+    kernels (fewer or cheaper kernels are the lever); far below it, by launches and Python (graphs are).
+    Batches of 32 synthetic reviews at IMDb's lengths, the row's method and the job's precision plan, dropout on.
+    """
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from ptuning import fast
+    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, synthetic_examples
+    from ptuning.graphs import GraphedTrainStep
+    from ptuning.jobs import load_job
+    from ptuning.tiny import sized_config
+
+    cuda = device.type == "cuda"
+    config = sized_config(size)
+    lines: list[str] = []
+
+    def add(line: str) -> None:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    what = "GPU kernels" if cuda else "CPU operators (no GPU: nothing here says anything about one)"
+    add(f"training steps of batch 32 on {device}, {size} shapes, {steps} steps timed and {steps} profiled per mode; "
+        f"busy = time in {what}")
+    for ref in rows:
+        job = load_job(ref)
+        pairs = synthetic_examples((3 + 2 * steps) * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
+        for graphs in (False, True) if cuda else (False,):
+            model, method = _build(job, config, device, seed)
+            plan = fast.plan(_JobLike(job, "auto", False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
+            optimizer = fast.make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-4, 0.01, plan)
+            step = GraphedTrainStep(model, optimizer, device, plan.precision) if graphs else None
+            collate = fast.BucketCollator(0, fast.default_buckets(256), max(len(y) for _, y in pairs))
+
+            def run(part: list, label: str) -> None:
+                loader = torch.utils.data.DataLoader(ListDataset(part), batch_size=32, collate_fn=collate, pin_memory=plan.pin_memory)
+                fast.train_epoch(model, loader, optimizer, device, plan, label, step=step)
+                if cuda:
+                    torch.cuda.synchronize(device)
+
+            run(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
+            t0 = time.perf_counter()
+            run(pairs[3 * 32 : (3 + steps) * 32], "profile timed")
+            wall = (time.perf_counter() - t0) / steps * 1e6
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with torch_profile(activities=activities) as prof:
+                run(pairs[(3 + steps) * 32 : (3 + 2 * steps) * 32], "profile")
+            busy, count, table = _kernel_table(prof, device, steps, top)
+            mode = "CUDA graph" if graphs else "eager"
+            if graphs and step is not None and step.failure:
+                mode += f" (capture failed: {step.failure}; these steps ran eagerly)"
+            add("")
+            add(f"### {job.name}, {mode}, {plan.precision}")
+            add("")
+            add(f"wall {wall / 1000:.2f} ms per step; busy {busy / 1000:.2f} ms per step ({100 * busy / wall:.0f}% of the wall time, "
+                f"under the profiler); {count:,.0f} {'kernels' if cuda else 'operator calls'} per step")
+            if graphs and count == 0:
+                add("(the profiler recorded no kernel inside the graph replays: read the eager table for the kernel mix)")
+            add("")
+            add(f"| {'kernel' if cuda else 'operator'} | calls per step | µs per step | share |")
+            add("|---|---|---|---|")
+            for row in table:
+                add(row)
+            model = optimizer = step = prof = None
+            if cuda:
+                torch.cuda.empty_cache()
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ptuning.gpucheck", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -428,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
     e.add_argument("--rows", default="full_ft,lora_8_peft")
     e.add_argument("--output")
+    pr = sub.add_parser("profile", help="where a training step's time goes: kernels per step, eager and graphed (markdown)")
+    pr.add_argument("--device", default="cuda")
+    pr.add_argument("--steps", type=int, default=10)
+    pr.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
+    pr.add_argument("--rows", default="full_ft,lora_8_peft")
+    pr.add_argument("--top", type=int, default=15)
+    pr.add_argument("--output")
     o = sub.add_parser("overheads", help="time the run-all's data per job and its tables and plots (JSON)")
     o.add_argument("--model", required=True)
     o.add_argument("--dataset", required=True)
@@ -464,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         print(model_dir, data_dir)
         return 0
 
-    if args.command == "equivalence":
+    if args.command in ("equivalence", "profile"):
         import torch
 
         output = open(args.output, "w") if args.output else None
@@ -475,8 +579,12 @@ def main(argv: list[str] | None = None) -> int:
                 output.write(text + "\n")
                 output.flush()
 
+        rows = [r for r in args.rows.split(",") if r]
         try:
-            equivalence(torch.device(args.device), [r for r in args.rows.split(",") if r], args.steps, args.size, on_line=line)
+            if args.command == "equivalence":
+                equivalence(torch.device(args.device), rows, args.steps, args.size, on_line=line)
+            else:
+                profile(torch.device(args.device), rows, args.steps, args.size, top=args.top, on_line=line)
         finally:
             if output is not None:
                 output.close()

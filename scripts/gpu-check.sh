@@ -28,8 +28,9 @@
 # review) = about 2 minutes of train + eval, plus per-job setup (load, tokenize, checkpoint): 2 to 3 minutes in all.
 # The whole script: about 7 minutes (the budget; the compile bench at the end takes what is left), 8 at worst.
 # Order: stack check, assets, the graphs-vs-eager equivalence (correctness before speed), bench, run-all, the run-all's
-# data and tables/plots timed apart (they join the projection of its wall time; summary.json keeps them), then the
-# fast path without graphs and with torch.compile for comparison while the budget lasts.
+# data and tables/plots timed apart (they join the projection of its wall time; summary.json keeps them), then, while
+# the budget lasts, a profile of the training step (kernels per step, eager and graphed: in BENCHMARKS.md, for
+# choosing the next lever) and the fast path without graphs and with torch.compile for comparison.
 set -uo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")/.." || exit 1
@@ -52,11 +53,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$QUICK" = 1 ]; then
-  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8 BENCH_K=2
+  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8 BENCH_K=2 PROFILE_STEPS=1
   EPOCHS=${EPOCHS:-1} TRAIN_LIMIT=${TRAIN_LIMIT:-64} EVAL_LIMIT=${EVAL_LIMIT:-32}
   MODEL_DESC="bench's small shape (2+2 blocks, d_model 64, 32,128-token vocabulary)"
 else
-  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft BENCH_K=4
+  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft BENCH_K=4 PROFILE_STEPS=10
   EPOCHS=${EPOCHS:-2} TRAIN_LIMIT=${TRAIN_LIMIT:-2048} EVAL_LIMIT=${EVAL_LIMIT:-2048}
   MODEL_DESC="t5-small's exact shapes (60,506,624 parameters)"
 fi
@@ -67,7 +68,7 @@ mkdir -p "$WORK" || exit 1
 WORK=$(cd "$WORK" && pwd)
 rm -rf "$WORK/runall" "$WORK/cache"
 rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary.json,equivalence.md,bench-eager.md} \
-  "$WORK"/{assets.txt,bench-compile.md,overheads.json}
+  "$WORK"/{assets.txt,bench-compile.md,overheads.json,profile.md}
 LOG=$WORK/gpu-check.log
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PTUNING_CACHE="$WORK/cache"
 
@@ -191,7 +192,13 @@ EOF
   write_report
   publish
 
-  # -- 6. if the budget allows: the fast path without CUDA graphs (what the graphs bring), then with torch.compile
+  # -- 6. if the budget allows: where a step's time goes (kernels per step, eager and graphed: the next lever), then the
+  #    fast path without CUDA graphs (what the graphs bring), then with torch.compile
+  step profile 90 20 - "$PY" -m ptuning.gpucheck profile --device "$DEVICE" --size "$SIZE" --steps "$PROFILE_STEPS" \
+    --rows "$EQ_ROWS" --output "$WORK/profile.md"
+  echo "profile step: $STATUS" >> "$WORK/profile.md"
+  write_report
+  publish
   if [ "$QUICK" = 0 ] && [[ $DEVICE == cuda* ]]; then
     step bench-eager 120 60 - "$PY" -m ptuning.cli bench --device "$DEVICE" --size "$SIZE" --steps 30 --eval-reviews 512 \
       --rows full_ft,lora_8_peft --no-cuda-graphs --output "$WORK/bench-eager.md"
@@ -206,6 +213,7 @@ EOF
 
 write_report() {
   local extra=(--extra "training with CUDA graphs vs eagerly, same weights and data, dropout off=$WORK/equivalence.md"
+               --extra "where a training step's time goes (torch.profiler: kernels per step, eager and as a CUDA graph)=$WORK/profile.md"
                --extra "bench of the fast path without CUDA graphs (--no-cuda-graphs)=$WORK/bench-eager.md"
                --extra "bench with --compile (torch.compile reduce-overhead over length buckets)=$WORK/bench-compile.md")
   timeout 45 "$PY" -m ptuning.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \

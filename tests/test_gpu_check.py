@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,31 @@ def test_equivalence_writes_each_row_as_soon_as_it_is_measured(tmp_path, monkeyp
     assert "| lora_8 | fp32 | 2.00000 | 2.00000 | 0.00e+00 |" in out.read_text()
 
 
+def test_profile_says_where_a_steps_time_goes(tmp_path, monkeypatch):
+    """On CPU: the eager step only (graphs are CUDA's), its wall time, the operators' time under the profiler and the
+    top operators, written to the file as they come."""
+    from ptuning import fast, gpucheck
+
+    seen = []
+    train_epoch = fast.train_epoch
+    monkeypatch.setattr(fast, "train_epoch", lambda *a, **k: seen.append((len(a[1].dataset), k["step"])) or train_epoch(*a, **k))
+    out = tmp_path / "profile.md"
+    assert gpucheck.main(["profile", "--device", "cpu", "--steps", "1", "--size", "small", "--rows", "lora_8", "--top", "4",
+                          "--output", str(out)]) == 0
+    assert seen == [(3 * 32, None), (32, None), (32, None)]  # warm-up, timed, profiled; eager: no graphed step
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("training steps of batch 32 on cpu, small shapes, 1 steps timed and 1 profiled per mode")
+    assert lines[2] == "### lora_8, eager, fp32"
+    head = re.fullmatch(r"wall ([\d.]+) ms per step; busy ([\d.]+) ms per step \((\d+)% of the wall time, under the profiler\); "
+                        r"([\d,]+) operator calls per step", lines[4])
+    assert head and float(head[1]) > 0 and float(head[2]) > 0 and int(head[4].replace(",", "")) > 100
+    table = lines[6:]
+    assert table[:2] == ["| operator | calls per step | µs per step | share |", "|---|---|---|---|"] and len(table) == 2 + 4
+    shares = [float(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in table[2:]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    assert any("aten::mm" in row or "aten::bmm" in row or "aten::addmm" in row for row in table[2:])
+
+
 def test_the_issues_checks_say_met_not_met_or_not_measured():
     from ptuning.gpucheck import checks, comparison
 
@@ -250,7 +276,9 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     assert [c["met"] for c in summary["checks"]][-1] is None  # no GPU: no memory figure
     for needle in ("## The issue's checks", "timed apart: tables and plots", "| projected: run-all wall time (process start + the whole jobs + tables and plots) |",
                    "# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
-                   "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32"):
+                   "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32",
+                   "### where a training step's time goes", "##### lora_8, eager, fp32", "| operator | calls per step |",
+                   "profile step: completed"):
         assert needle in text, needle
     assert "lora_1_peft" in (out / "tables.md").read_text()
     assert (committed.read_bytes() if committed.exists() else None) == before  # only a CUDA run writes results/BENCHMARKS.md
