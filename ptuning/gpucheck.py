@@ -1,4 +1,5 @@
-"""The pieces of scripts/gpu-check.sh that are Python: the assets, the projection of a scaled run, the report.
+"""The pieces of scripts/gpu-check.sh that are Python: the assets, graphs-vs-eager equivalence, the step profile,
+the projection of a scaled run and its overheads, the report.
 
 `python -m ptuning.gpucheck assets DIR ...` builds the T5-small-shaped model and IMDb-length data
 (`ptuning.tiny.build_t5_small_shaped`) and prints their paths. `python -m ptuning.gpucheck report ...` reads

@@ -3,8 +3,8 @@
 Runs under the heldout protocol live in `<output-dir>/<job>/heldout-seed<seed>/`, so the two
 protocols never overwrite each other.
 
-Trained parameters (prompts.pt, adapter.pt, lora.pt, or a library's directory) are written next
-to the result. Readers never see a half-written file: everything goes to a temporary name in the
+Trained parameters (prompts.pt, adapter.pt, lora.pt, a library's directory, or model.pt for full
+fine-tuning; nothing for zero-shot) are written next to the result. Readers never see a half-written file: everything goes to a temporary name in the
 same directory and is renamed into place.
 """
 
