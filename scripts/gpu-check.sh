@@ -15,8 +15,8 @@
 #
 # Elsewhere: bash scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--budget S] [--concurrency K] [--work DIR]
 #            [--epochs E] [--train-limit N] [--eval-limit M]
-#   --quick: tiny sizes (bench's `small` model, 64 train / 32 test reviews, 1 epoch): the same steps in about a
-#   minute on CPU (what tests/test_gpu_check.py runs). PYTHON=... picks the interpreter (default python3).
+#   --quick: tiny sizes (bench's `small` model, 64 train / 32 test reviews, 1 epoch): the same steps in 2 to 3
+#   minutes on 2 CPU cores (what tests/test_gpu_check.py runs). PYTHON=... picks the interpreter (default python3).
 #
 # Everything goes to --work (default results/gpu-check/; results/ is ignored by git) and, if $OUT is set, the files
 # above to $OUT too; with --device cuda, BENCHMARKS.md is also copied to results/BENCHMARKS.md.
