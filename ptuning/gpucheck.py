@@ -414,9 +414,10 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
     return "\n".join(lines) + "\n"
 
 
-def _kernel_table(prof, device, steps: int, top: int) -> tuple[float, float, list[str]]:
-    """(busy µs per step, kernels per step, markdown rows of the `top` entries) from a finished profiler: on CUDA the
-    GPU kernels by their own device time; elsewhere the operators by their own CPU time."""
+def _kernel_table(prof, device, per: float, top: int) -> tuple[float, float, list[str]]:
+    """(busy µs per unit, kernels per unit, markdown rows of the `top` entries) from a finished profiler, `per` units
+    (steps, or thousands of reviews) profiled: on CUDA the GPU kernels by their own device time; elsewhere the
+    operators by their own CPU time."""
     from torch.autograd import DeviceType
 
     cuda = device.type == "cuda"
@@ -428,19 +429,20 @@ def _kernel_table(prof, device, steps: int, top: int) -> tuple[float, float, lis
     for t, e in timed[:top]:
         name = e.key.replace("|", "/")
         name = name if len(name) <= 90 else name[:87] + "..."
-        rows.append(f"| `{name}` | {e.count / steps:.1f} | {t / steps:,.0f} | {100 * t / total:.1f}% |")
-    return total / steps, sum(e.count for _, e in timed) / steps, rows
+        rows.append(f"| `{name}` | {e.count / per:,.1f} | {t / per:,.0f} | {100 * t / total:.1f}% |")
+    return total / per, sum(e.count for _, e in timed) / per, rows
 
 
 def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str = "t5-small", seed: int = 0, top: int = 15,
-            on_line=None) -> str:
-    """Markdown: where a fast-path training step's time goes, eager and (on CUDA) replayed as a CUDA graph.
+            eval_reviews: int = 512, on_line=None) -> str:
+    """Markdown: where the fast path's time goes, training (eager and, on CUDA, replayed as a CUDA graph) and evaluation.
 
-    For each row and mode: the wall time per step (timed apart, without the profiler), then under
-    `torch.profiler` the time per step the GPU spent in kernels (on CPU: in operators), their number per step,
-    and the `top` kernels by their own time. Busy time close to the wall time means the step is bound by its
-    kernels (fewer or cheaper kernels are the lever); far below it, by launches and Python (graphs are).
-    Batches of 32 synthetic reviews at IMDb's lengths, the row's method and the job's precision plan, dropout on.
+    For each row and mode: the wall time per step (timed without the profiler), then under `torch.profiler` the
+    time per step the GPU spent in kernels (on CPU: in operators), their number per step, and the `top` kernels by
+    their own time. Busy time close to the wall time means the step is bound by its kernels (fewer or cheaper
+    kernels are the lever); far below it, by launches and Python (graphs are). Then the same for the fast
+    evaluation (`fast.fast_predict`, per 1,000 reviews) on the first row. Batches of 32 synthetic reviews at IMDb's
+    lengths, the row's method and the job's precision plan, dropout on in training.
     """
     import time
 
@@ -449,13 +451,14 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
     from torch.profiler import profile as torch_profile
 
     from ptuning import fast
-    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, synthetic_examples
+    from ptuning.bench import ListDataset, _build, _JobLike, _Tok, job_placeholders, synthetic_examples
     from ptuning.graphs import GraphedTrainStep
     from ptuning.jobs import load_job
     from ptuning.tiny import sized_config
 
     cuda = device.type == "cuda"
     config = sized_config(size)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     lines: list[str] = []
 
     def add(line: str) -> None:
@@ -463,12 +466,39 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
         if on_line is not None:
             on_line(line)
 
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def section(title: str, run, per: float, unit: str, note: str = "") -> None:
+        """`run` timed, then `run` again under the profiler; `per` units of `unit` each time."""
+        t0 = time.perf_counter()
+        run()
+        sync()
+        wall = (time.perf_counter() - t0) / per * 1e6
+        with torch_profile(activities=activities) as prof:
+            run()
+            sync()
+        busy, count, table = _kernel_table(prof, device, per, top)
+        add("")
+        add(f"### {title}")
+        add("")
+        add(f"wall {wall / 1000:,.2f} ms per {unit}; busy {busy / 1000:,.2f} ms per {unit} ({100 * busy / wall:.0f}% of the wall "
+            f"time, under the profiler); {count:,.0f} {'kernels' if cuda else 'operator calls'} per {unit}")
+        if note and count == 0:
+            add(note)
+        add("")
+        add(f"| {'kernel' if cuda else 'operator'} | calls per {unit} | µs per {unit} | share |")
+        add("|---|---|---|---|")
+        for row in table:
+            add(row)
+
     what = "GPU kernels" if cuda else "CPU operators (no GPU: nothing here says anything about one)"
-    add(f"training steps of batch 32 on {device}, {size} shapes, {steps} steps timed and {steps} profiled per mode; "
-        f"busy = time in {what}")
+    add(f"on {device}, {size} shapes; training: batches of 32, {steps} steps timed, then profiled, per mode; evaluation: "
+        f"{eval_reviews} reviews; busy = time in {what}")
     for ref in rows:
         job = load_job(ref)
-        pairs = synthetic_examples((3 + 2 * steps) * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
+        pairs = synthetic_examples((3 + steps) * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
         for graphs in (False, True) if cuda else (False,):
             model, method = _build(job, config, device, seed)
             plan = fast.plan(_JobLike(job, "auto", False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
@@ -476,36 +506,29 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
             step = GraphedTrainStep(model, optimizer, device, plan.precision) if graphs else None
             collate = fast.BucketCollator(0, fast.default_buckets(256), max(len(y) for _, y in pairs))
 
-            def run(part: list, label: str) -> None:
+            def train(part: list, label: str = "profile") -> None:
                 loader = torch.utils.data.DataLoader(ListDataset(part), batch_size=32, collate_fn=collate, pin_memory=plan.pin_memory)
                 fast.train_epoch(model, loader, optimizer, device, plan, label, step=step)
-                if cuda:
-                    torch.cuda.synchronize(device)
 
-            run(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
-            t0 = time.perf_counter()
-            run(pairs[3 * 32 : (3 + steps) * 32], "profile timed")
-            wall = (time.perf_counter() - t0) / steps * 1e6
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            with torch_profile(activities=activities) as prof:
-                run(pairs[(3 + steps) * 32 : (3 + 2 * steps) * 32], "profile")
-            busy, count, table = _kernel_table(prof, device, steps, top)
+            train(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
+            sync()
             mode = "CUDA graph" if graphs else "eager"
-            if graphs and step is not None and step.failure:
+            if graphs and step.failure:
                 mode += f" (capture failed: {step.failure}; these steps ran eagerly)"
-            add("")
-            add(f"### {job.name}, {mode}, {plan.precision}")
-            add("")
-            add(f"wall {wall / 1000:.2f} ms per step; busy {busy / 1000:.2f} ms per step ({100 * busy / wall:.0f}% of the wall time, "
-                f"under the profiler); {count:,.0f} {'kernels' if cuda else 'operator calls'} per step")
-            if graphs and count == 0:
-                add("(the profiler recorded no kernel inside the graph replays: read the eager table for the kernel mix)")
-            add("")
-            add(f"| {'kernel' if cuda else 'operator'} | calls per step | µs per step | share |")
-            add("|---|---|---|---|")
-            for row in table:
-                add(row)
-            model = optimizer = step = prof = None
+            section(f"{job.name}, training, {mode}, {plan.precision}", lambda: train(pairs[3 * 32 :]), steps, "step",
+                    "(the profiler recorded no kernel inside the graph replays: read the eager table for the kernel mix)")
+            if ref == rows[0] and graphs == cuda:  # evaluation once, on the first row's trained model
+                eval_pairs = synthetic_examples(eval_reviews, 256, config.vocab_size, job_placeholders(job), seed + 2)
+                evals = ListDataset(eval_pairs)
+
+                def decode() -> None:
+                    fast.fast_predict(generation, evals, _Tok(), device, plan.eval_batch_size, 5, plan.precision, "profile eval")
+
+                generation = method.generation_model(model)
+                fast.fast_predict(generation, ListDataset(eval_pairs[:8]), _Tok(), device, 8, 5, plan.precision, "profile eval warm-up")
+                section(f"{job.name}, evaluation (greedy decode, sorted batches of {plan.eval_batch_size}), {plan.precision}", decode,
+                        eval_reviews / 1000, "1,000 reviews")
+            model = optimizer = step = None
             if cuda:
                 torch.cuda.empty_cache()
     return "\n".join(lines) + "\n"
@@ -532,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--size", choices=["t5-small", "small"], default="t5-small")
     pr.add_argument("--rows", default="full_ft,lora_8_peft")
     pr.add_argument("--top", type=int, default=15)
+    pr.add_argument("--eval-reviews", type=int, default=512)
     pr.add_argument("--output")
     o = sub.add_parser("overheads", help="time the run-all's data per job and its tables and plots (JSON)")
     o.add_argument("--model", required=True)
@@ -585,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "equivalence":
                 equivalence(torch.device(args.device), rows, args.steps, args.size, on_line=line)
             else:
-                profile(torch.device(args.device), rows, args.steps, args.size, top=args.top, on_line=line)
+                profile(torch.device(args.device), rows, args.steps, args.size, top=args.top, eval_reviews=args.eval_reviews,
+                        on_line=line)
         finally:
             if output is not None:
                 output.close()

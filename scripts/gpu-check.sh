@@ -53,11 +53,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$QUICK" = 1 ]; then
-  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8 BENCH_K=2 PROFILE_STEPS=1
+  SIZE=small N_DATA=256 BENCH_STEPS=2 BENCH_EVAL=16 EQ_STEPS=2 EQ_ROWS=lora_8 BENCH_K=2 PROFILE_STEPS=1 PROFILE_EVAL=16
   EPOCHS=${EPOCHS:-1} TRAIN_LIMIT=${TRAIN_LIMIT:-64} EVAL_LIMIT=${EVAL_LIMIT:-32}
   MODEL_DESC="bench's small shape (2+2 blocks, d_model 64, 32,128-token vocabulary)"
 else
-  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft BENCH_K=4 PROFILE_STEPS=10
+  SIZE=t5-small N_DATA=4096 BENCH_STEPS=50 BENCH_EVAL=2048 EQ_STEPS=30 EQ_ROWS=full_ft,lora_8_peft BENCH_K=4 PROFILE_STEPS=10 PROFILE_EVAL=512
   EPOCHS=${EPOCHS:-2} TRAIN_LIMIT=${TRAIN_LIMIT:-2048} EVAL_LIMIT=${EVAL_LIMIT:-2048}
   MODEL_DESC="t5-small's exact shapes (60,506,624 parameters)"
 fi
@@ -193,9 +193,9 @@ EOF
   publish
 
   # -- 6. if the budget allows: where a step's time goes (kernels per step, eager and graphed: the next lever), then the
-  #    fast path without CUDA graphs (what the graphs bring), then with torch.compile
+  #    fast path without CUDA graphs (what the graphs bring), then with torch.compile (the profile covers evaluation too)
   step profile 90 20 - "$PY" -m ptuning.gpucheck profile --device "$DEVICE" --size "$SIZE" --steps "$PROFILE_STEPS" \
-    --rows "$EQ_ROWS" --output "$WORK/profile.md"
+    --eval-reviews "$PROFILE_EVAL" --rows "$EQ_ROWS" --output "$WORK/profile.md"
   echo "profile step: $STATUS" >> "$WORK/profile.md"
   write_report
   publish

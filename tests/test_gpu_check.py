@@ -196,28 +196,36 @@ def test_equivalence_writes_each_row_as_soon_as_it_is_measured(tmp_path, monkeyp
 
 
 def test_profile_says_where_a_steps_time_goes(tmp_path, monkeypatch):
-    """On CPU: the eager step only (graphs are CUDA's), its wall time, the operators' time under the profiler and the
-    top operators, written to the file as they come."""
+    """On CPU: the eager step only (graphs are CUDA's) and the fast evaluation, each its wall time, the operators' time
+    under the profiler and the top operators, written to the file as they come."""
     from ptuning import fast, gpucheck
 
-    seen = []
-    train_epoch = fast.train_epoch
-    monkeypatch.setattr(fast, "train_epoch", lambda *a, **k: seen.append((len(a[1].dataset), k["step"])) or train_epoch(*a, **k))
+    trained, decoded = [], []
+    train_epoch, fast_predict = fast.train_epoch, fast.fast_predict
+    monkeypatch.setattr(fast, "train_epoch", lambda *a, **k: trained.append((len(a[1].dataset), k["step"])) or train_epoch(*a, **k))
+    monkeypatch.setattr(fast, "fast_predict", lambda *a, **k: decoded.append((len(a[1]), a[4])) or fast_predict(*a, **k))
     out = tmp_path / "profile.md"
     assert gpucheck.main(["profile", "--device", "cpu", "--steps", "1", "--size", "small", "--rows", "lora_8", "--top", "4",
-                          "--output", str(out)]) == 0
-    assert seen == [(3 * 32, None), (32, None), (32, None)]  # warm-up, timed, profiled; eager: no graphed step
-    lines = out.read_text().splitlines()
-    assert lines[0].startswith("training steps of batch 32 on cpu, small shapes, 1 steps timed and 1 profiled per mode")
-    assert lines[2] == "### lora_8, eager, fp32"
-    head = re.fullmatch(r"wall ([\d.]+) ms per step; busy ([\d.]+) ms per step \((\d+)% of the wall time, under the profiler\); "
-                        r"([\d,]+) operator calls per step", lines[4])
-    assert head and float(head[1]) > 0 and float(head[2]) > 0 and int(head[4].replace(",", "")) > 100
-    table = lines[6:]
-    assert table[:2] == ["| operator | calls per step | µs per step | share |", "|---|---|---|---|"] and len(table) == 2 + 4
-    shares = [float(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in table[2:]]
-    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
-    assert any("aten::mm" in row or "aten::bmm" in row or "aten::addmm" in row for row in table[2:])
+                          "--eval-reviews", "12", "--output", str(out)]) == 0
+    assert trained == [(3 * 32, None), (32, None), (32, None)]  # warm-up, timed, profiled; eager: no graphed step
+    assert decoded == [(8, 8), (12, fast.FAST_EVAL_BATCH_SIZE), (12, fast.FAST_EVAL_BATCH_SIZE)]  # warm-up, timed, profiled
+    text = out.read_text()
+    assert text.splitlines()[0] == ("on cpu, small shapes; training: batches of 32, 1 steps timed, then profiled, per mode; evaluation: "
+                                    "12 reviews; busy = time in CPU operators (no GPU: nothing here says anything about one)")
+    sections = text.split("\n### ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["lora_8, training, eager, fp32",
+                                                     "lora_8, evaluation (greedy decode, sorted batches of 256), fp32"]
+    for section, unit in zip(sections, ("step", "1,000 reviews")):
+        lines = section.splitlines()
+        head = re.fullmatch(rf"wall ([\d.,]+) ms per {unit}; busy ([\d.,]+) ms per {unit} \((\d+)% of the wall time, under the "
+                            rf"profiler\); ([\d,]+) operator calls per {unit}", lines[2])
+        assert head and float(head[1].replace(",", "")) > 0 and float(head[2].replace(",", "")) > 0
+        assert int(head[4].replace(",", "")) > 100
+        table = lines[4:]
+        assert table[:2] == [f"| operator | calls per {unit} | µs per {unit} | share |", "|---|---|---|---|"] and len(table) == 2 + 4
+        shares = [float(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in table[2:]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+        assert any("aten::mm" in row or "aten::bmm" in row or "aten::addmm" in row for row in table[2:])
 
 
 def test_the_issues_checks_say_met_not_met_or_not_measured():
@@ -277,7 +285,8 @@ def test_gpu_check_script_quick_on_cpu(tmp_path):
     for needle in ("## The issue's checks", "timed apart: tables and plots", "| projected: run-all wall time (process start + the whole jobs + tables and plots) |",
                    "# ptuning GPU check on CPU", "## 1. Bench", "training with CUDA graphs vs eagerly", "2 processes at once", "| train step |", "## 2. Scaled-down run-all", "× projected; within 20%",
                    "| lora_1_peft | completed | faithful, fp32 | 1 |", "--train-limit 64 --eval-limit 32",
-                   "### where a training step's time goes", "##### lora_8, eager, fp32", "| operator | calls per step |",
+                   "### where a training step's time goes", "##### lora_8, training, eager, fp32", "| operator | calls per step |",
+                   "##### lora_8, evaluation (greedy decode, sorted batches of 256), fp32",
                    "profile step: completed"):
         assert needle in text, needle
     assert "lora_1_peft" in (out / "tables.md").read_text()
