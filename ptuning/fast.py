@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ptuning.data import IGNORE_INDEX, Collator
+from ptuning.errors import one_line
 from ptuning.train import NonFiniteLoss, StopEpoch, autocast
 
 #: on CUDA, read the losses back (and check them) every this many steps instead of every step
@@ -383,7 +384,7 @@ class LossFn:
                 # raises), and train_epoch reads its losses back every `sync_every` steps
                 return self.compiled(batch).clone()
             except Exception as exc:  # compile is an optimisation: never lose a run to it
-                message = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); continuing eagerly"
+                message = f"torch.compile failed ({one_line(exc)}); continuing eagerly"
                 (self.echo or warnings.warn)(message)
                 self.compiled = None
         return self._eager(batch)

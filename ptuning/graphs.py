@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 
 from ptuning.data import IGNORE_INDEX
+from ptuning.errors import one_line
 
 
 def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
@@ -67,11 +68,6 @@ def step_loss(model, batch: dict[str, torch.Tensor], start: int, pad: int) -> to
                  decoder_input_ids=shift_right(labels, start, pad), labels=labels, use_cache=False).loss
 
 
-def _one_line(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}"
-
-
 def undo_failed_capture(device: torch.device, pool, stream) -> str | None:
     """Put back what a failed capture leaves behind, so that training can go on eagerly; None, or what failed.
 
@@ -95,12 +91,12 @@ def undo_failed_capture(device: torch.device, pool, stream) -> str | None:
         try:
             torch._C._cuda_releasePool(index, pool)
         except Exception as exc:
-            problems.append(f"releasing the pool: {_one_line(exc)}")
+            problems.append(f"releasing the pool: {one_line(exc)}")
     try:  # a capture that ends normally takes the generator out of capture mode
         with torch.cuda.graph(torch.cuda.CUDAGraph(), capture_error_mode="thread_local"):
             torch.empty(1, device=device).zero_()
     except Exception as exc:
-        problems.append(f"an empty capture: {_one_line(exc)}")
+        problems.append(f"an empty capture: {one_line(exc)}")
     torch.cuda.set_stream(stream)
     return "; ".join(problems) or None
 
@@ -172,10 +168,10 @@ class GraphedTrainStep:
         try:
             graph, loss = self._record(lambda: self._step(static))
         except Exception as exc:  # an optimisation: say why once, then train eagerly
-            self.failure = _one_line(exc)
+            self.failure = one_line(exc)
             cause = exc.__context__  # the op that broke the capture; `exc` is then capture_end's "previous error" message
             if cause is not None and not isinstance(cause, KeyboardInterrupt):
-                self.failure += f" (in the capture: {_one_line(cause)})"
+                self.failure += f" (in the capture: {one_line(cause)})"
             if self.undo_failure:
                 self.failure += f"; undoing it failed: {self.undo_failure}"
             if self.echo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ptuning.errors import PtuningError
+from ptuning.errors import PtuningError, one_line
 from ptuning.hub import hub_error, hub_reachable, looks_like_path, quiet_hub_logs, resolve
 
 #: a T5 tokenizer directory has at least one of these (the fast tokenizer's file, or the SentencePiece model)
@@ -26,8 +26,7 @@ def _load(ref: str, local: bool, what: str, load):
         return load()
     except Exception as exc:
         if local:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-            raise PtuningError(f"{ref}: cannot load the {what} ({type(exc).__name__}: {detail}); pass --model with a complete "
+            raise PtuningError(f"{ref}: cannot load the {what} ({one_line(exc)}); pass --model with a complete "
                                "directory saved with save_pretrained") from None
         if isinstance(exc, (OSError, ValueError)):
             raise hub_error(ref, "model", "--model", exc) from None

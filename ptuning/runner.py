@@ -20,7 +20,7 @@ from ptuning import fast
 from ptuning import protocol as protocol_mod
 from ptuning import results as results_mod
 from ptuning.atomic import atomic_save
-from ptuning.errors import PtuningError
+from ptuning.errors import PtuningError, one_line
 from ptuning.evaluate import evaluate
 from ptuning.graphs import GraphedTrainStep
 from ptuning.jobs import Job
@@ -196,8 +196,7 @@ def run_job(
             prior_wall = found["wall_seconds"]
             checkpoint.set_rng_state(found["rng"], device)  # last: nothing after this may draw random numbers
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise PtuningError(f"{ckpt_path}: the checkpoint does not fit this run ({type(exc).__name__}: {detail}); "
+            raise PtuningError(f"{ckpt_path}: the checkpoint does not fit this run ({one_line(exc)}); "
                                "rerun with --force to start over") from None
         resumed_from = {"epochs_done": len(epochs), "step": start_step}
         where = f"epoch {len(epochs) + 1}, after step {start_step} of {steps_per_epoch}" if start_step else f"the end of epoch {len(epochs)}"

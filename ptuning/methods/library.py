@@ -13,7 +13,7 @@ import importlib
 from types import ModuleType
 from typing import ClassVar
 
-from ptuning.errors import PtuningError
+from ptuning.errors import PtuningError, one_line
 from ptuning.methods.base import Method
 
 #: INSTALL_HINTS key → (distribution name shown to the user, importable module)
@@ -35,9 +35,8 @@ def import_library(key: str, module: str | None = None, who: str = "this method"
     try:
         return importlib.import_module(module or default_module)
     except Exception as exc:  # ImportError, or anything a broken/incompatible install raises on import
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise PtuningError(
-            f"{who} needs the package '{package}', which could not be imported ({reason}); "
+            f"{who} needs the package '{package}', which could not be imported ({one_line(exc)}); "
             f"install it with: {INSTALL_HINTS[key]}"
         ) from exc
 
