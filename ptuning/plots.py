@@ -147,25 +147,20 @@ def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Pat
     rows = plotted_rows(jobs, results)
     if not rows:
         return []
-    from ptuning.atomic import remove
+    from ptuning.atomic import atomic_save
 
     plt = _pyplot()
     directory = Path(results_dir) / PLOTS_DIR
-    written = []
+    advice = "make it a writable directory (the results and the tables do not need it)"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for key, build in (("accuracy", accuracy_per_epoch_figure), ("pareto", pareto_figure), ("time", train_time_figure)):
-            fig = build(rows)
-            path = directory / FILES[key]
-            tmp = path.with_name(f".{path.stem}.tmp.png")
-            try:
-                fig.savefig(tmp, dpi=120)
-                tmp.replace(path)  # never a half-written PNG
-            finally:
-                plt.close(fig)
-                remove(tmp)
-            written.append(path)
-    except OSError as exc:  # a read-only results directory, a full disk, a file named plots
-        raise PtuningError(f"cannot write the plots to {directory}: {exc.strerror or exc}; make it a writable directory "
-                           "(the results and the tables do not need it)") from None
+    except OSError as exc:  # a read-only results directory, a file named plots
+        raise PtuningError(f"cannot write the plots to {directory}: {exc.strerror or exc}; {advice}") from None
+    written = []
+    for key, build in (("accuracy", accuracy_per_epoch_figure), ("pareto", pareto_figure), ("time", train_time_figure)):
+        fig = build(rows)
+        try:  # never a half-written PNG; a write error is one line
+            written.append(atomic_save(directory / FILES[key], lambda tmp: fig.savefig(tmp, dpi=120, format="png"), writable=advice))
+        finally:
+            plt.close(fig)
     return written
