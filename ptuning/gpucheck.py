@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: the issue's criterion: the scaled run-all finishes within this fraction of the projected time
 TOLERANCE = 0.20
@@ -352,6 +352,45 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _collector(on_line) -> tuple[list[str], Callable[[str], None]]:
+    """(lines, add): `add` keeps a markdown line and hands it to `on_line` at once (a step stopped by its timeout
+    keeps what it had measured)."""
+    lines: list[str] = []
+
+    def add(line: str) -> None:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    return lines, add
+
+
+class _FastTrainer:
+    """A row's random-weight model on the fast path, trained by `fast.train_epoch` in batches of 32 as the runner
+    trains it (eagerly, or with the step as CUDA graphs): for the equivalence and the profile."""
+
+    def __init__(self, job, config, device, seed: int, precision: str, graphs: bool, label_length: int):
+        from ptuning import fast
+        from ptuning.bench import _build, _JobLike
+        from ptuning.graphs import GraphedTrainStep
+
+        self.device = device
+        self.model, self.method = _build(job, config, device, seed)
+        self.plan = fast.plan(_JobLike(job, precision, False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
+        self.optimizer = fast.make_optimizer([p for _, p in self.method.trainable_parameters(self.model)], 1e-4, 0.01, self.plan)
+        self.step = GraphedTrainStep(self.model, self.optimizer, device, self.plan.precision) if graphs else None
+        self.collate = fast.BucketCollator(0, fast.default_buckets(256), label_length)
+
+    def train(self, pairs, description: str, on_step=None) -> None:
+        import torch
+
+        from ptuning import fast
+        from ptuning.bench import ListDataset
+
+        loader = torch.utils.data.DataLoader(ListDataset(pairs), batch_size=32, collate_fn=self.collate, pin_memory=self.plan.pin_memory)
+        fast.train_epoch(self.model, loader, self.optimizer, self.device, self.plan, description, on_step=on_step, step=self.step)
+
+
 def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: str = "t5-small", seed: int = 0,
                 on_line=None) -> str:
     """Markdown: training losses with the step as CUDA graphs vs eager, same weights, data and updates, dropout off.
@@ -364,21 +403,13 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
     """
     import torch
 
-    from ptuning import fast
-    from ptuning.bench import ListDataset, _build, _JobLike, job_placeholders, synthetic_examples
-    from ptuning.graphs import GraphedTrainStep
+    from ptuning.bench import job_placeholders, synthetic_examples
     from ptuning.jobs import load_job
     from ptuning.tiny import sized_config
 
     config = sized_config(size)
     config.dropout_rate = 0.0
-    lines: list[str] = []
-
-    def add(line: str) -> None:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line)
-
+    lines, add = _collector(on_line)
     for line in (f"graphed vs eager training, {steps} steps of batch 32, dropout 0, same seed and data, on {device}", "",
                  "| row | precision | first loss (eager) | last loss (eager) | max relative difference over the steps | graphs |",
                  "|---|---|---|---|---|---|"):
@@ -389,23 +420,17 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
         for precision in ("fp32", "bf16"):
             losses, info = {}, ""
             for graphs in (False, True):
-                model, method = _build(job, config, device, seed)
-                for module in model.modules():  # the method's own dropout too (PEFT's lora_dropout)
+                trainer = _FastTrainer(job, config, device, seed, precision, graphs, max(len(y) for _, y in pairs))
+                for module in trainer.model.modules():  # the method's own dropout too (PEFT's lora_dropout)
                     if isinstance(module, torch.nn.Dropout):
                         module.p = 0.0
-                plan = fast.plan(_JobLike(job, precision, False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
-                trainable = [p for _, p in method.trainable_parameters(model)]
-                optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
-                step = GraphedTrainStep(model, optimizer, device, precision) if graphs else None
-                collate = fast.BucketCollator(0, fast.default_buckets(256), max(len(y) for _, y in pairs))
-                loader = torch.utils.data.DataLoader(ListDataset(pairs), batch_size=32, collate_fn=collate)
                 seen: list[float] = []
-                fast.train_epoch(model, loader, optimizer, device, plan, "equivalence", on_step=lambda s, v: seen.append(v), step=step)
+                trainer.train(pairs, "equivalence", on_step=lambda s, v: seen.append(v))
                 losses[graphs] = seen
-                if step is not None:
-                    d = step.describe()
+                if trainer.step is not None:
+                    d = trainer.step.describe()
                     info = f"failed: {d['failure']}" if d["failure"] else f"{d['graphs']} captured, {d['replays']} replays"
-                model = optimizer = step = None
+                trainer = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             eager, graphed = losses[False], losses[True]
@@ -451,20 +476,14 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
     from torch.profiler import profile as torch_profile
 
     from ptuning import fast
-    from ptuning.bench import ListDataset, _build, _JobLike, _Tok, job_placeholders, synthetic_examples
-    from ptuning.graphs import GraphedTrainStep
+    from ptuning.bench import ListDataset, _Tok, job_placeholders, synthetic_examples
     from ptuning.jobs import load_job
     from ptuning.tiny import sized_config
 
     cuda = device.type == "cuda"
     config = sized_config(size)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    lines: list[str] = []
-
-    def add(line: str) -> None:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line)
+    lines, add = _collector(on_line)
 
     def sync() -> None:
         if cuda:
@@ -500,22 +519,14 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
         job = load_job(ref)
         pairs = synthetic_examples((3 + steps) * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
         for graphs in (False, True) if cuda else (False,):
-            model, method = _build(job, config, device, seed)
-            plan = fast.plan(_JobLike(job, "auto", False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
-            optimizer = fast.make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-4, 0.01, plan)
-            step = GraphedTrainStep(model, optimizer, device, plan.precision) if graphs else None
-            collate = fast.BucketCollator(0, fast.default_buckets(256), max(len(y) for _, y in pairs))
-
-            def train(part: list, label: str = "profile") -> None:
-                loader = torch.utils.data.DataLoader(ListDataset(part), batch_size=32, collate_fn=collate, pin_memory=plan.pin_memory)
-                fast.train_epoch(model, loader, optimizer, device, plan, label, step=step)
-
-            train(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
+            trainer = _FastTrainer(job, config, device, seed, "auto", graphs, max(len(y) for _, y in pairs))
+            plan = trainer.plan
+            trainer.train(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
             sync()
             mode = "CUDA graph" if graphs else "eager"
-            if graphs and step.failure:
-                mode += f" (capture failed: {step.failure}; these steps ran eagerly)"
-            section(f"{job.name}, training, {mode}, {plan.precision}", lambda: train(pairs[3 * 32 :]), steps, "step",
+            if graphs and trainer.step.failure:
+                mode += f" (capture failed: {trainer.step.failure}; these steps ran eagerly)"
+            section(f"{job.name}, training, {mode}, {plan.precision}", lambda: trainer.train(pairs[3 * 32 :], "profile"), steps, "step",
                     "(the profiler recorded no kernel inside the graph replays: read the eager table for the kernel mix)")
             if ref == rows[0] and graphs == cuda:  # evaluation once, on the first row's trained model
                 eval_pairs = synthetic_examples(eval_reviews, 256, config.vocab_size, job_placeholders(job), seed + 2)
@@ -524,11 +535,11 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
                 def decode() -> None:
                     fast.fast_predict(generation, evals, _Tok(), device, plan.eval_batch_size, 5, plan.precision, "profile eval")
 
-                generation = method.generation_model(model)
+                generation = trainer.method.generation_model(trainer.model)
                 fast.fast_predict(generation, ListDataset(eval_pairs[:8]), _Tok(), device, 8, 5, plan.precision, "profile eval warm-up")
                 section(f"{job.name}, evaluation (greedy decode, sorted batches of {plan.eval_batch_size}), {plan.precision}", decode,
                         eval_reviews / 1000, "1,000 reviews")
-            model = optimizer = step = None
+            trainer = generation = None
             if cuda:
                 torch.cuda.empty_cache()
     return "\n".join(lines) + "\n"
