@@ -206,8 +206,9 @@ def _load_results(results_dir: Path, quiet: bool = False) -> dict:
 
     skipped: list[str] = []
     results = load_results(results_dir, skipped)
-    for line in [] if quiet else skipped:
-        click.echo(f"ptuning: warning: left out: {line}", err=True)
+    if not quiet:
+        for line in skipped:
+            click.echo(f"ptuning: warning: left out: {line}", err=True)
     return results
 
 
