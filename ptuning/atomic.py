@@ -16,7 +16,6 @@ from typing import Callable
 
 from ptuning.errors import PtuningError
 
-
 #: what to do about an unwritable path, for the runs' files (results, checkpoints, trained parameters)
 RUN_OUTPUT = "pass --output-dir with a writable directory"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ptuning.check import DEFAULT_TOLERANCE
 from ptuning.errors import PtuningError
+from ptuning.report.check import DEFAULT_TOLERANCE
 
 
 class Cli(click.Group):
@@ -22,7 +22,7 @@ class Cli(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
-        from ptuning.interrupt import Interrupted
+        from ptuning.run.interrupt import Interrupted
 
         try:
             return super().invoke(ctx)
@@ -55,7 +55,7 @@ def main(ctx: click.Context, jobs_dir: str | None) -> None:
 
 
 def _jobs_dir(ctx: click.Context) -> Path:
-    from ptuning.jobs import jobs_dir
+    from ptuning.settings import jobs_dir
 
     return jobs_dir(ctx.obj.get("jobs_dir"))
 
@@ -118,11 +118,11 @@ OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", 
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
 
-    Holds the output directory's lock; SIGINT/SIGTERM stop after the current training step (ptuning/interrupt.py).
+    Holds the output directory's lock; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
     """
-    from ptuning.interrupt import StopRequest
-    from ptuning.lock import OutputLock
-    from ptuning.runner import resolve_device, run_job
+    from ptuning.run.interrupt import StopRequest
+    from ptuning.run.lock import OutputLock
+    from ptuning.run.runner import resolve_device, run_job
 
     if kwargs.get("seed") is not None and kwargs.get("seeds") is not None:
         raise PtuningError("give either --seed N or --seeds N,M,..., not both")
@@ -174,9 +174,9 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
     import os
     import signal
 
-    from ptuning.lock import INHERIT_ENV, OutputLock
-    from ptuning.parallel import run_concurrently
-    from ptuning.runner import check_writable, resolve_device
+    from ptuning.run.lock import INHERIT_ENV, OutputLock
+    from ptuning.run.parallel import run_concurrently
+    from ptuning.run.runner import check_writable, resolve_device
 
     resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
     overrides = {k: kwargs.get(k) for k in OVERRIDES}
@@ -202,7 +202,7 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
 
 def _load_results(results_dir: Path, quiet: bool = False) -> dict:
     """The results in `results_dir`; each unreadable result file is one warning line on stderr (unless `quiet`)."""
-    from ptuning.results import load_results
+    from ptuning.report.results import load_results
 
     skipped: list[str] = []
     results = load_results(results_dir, skipped)
@@ -213,14 +213,14 @@ def _load_results(results_dir: Path, quiet: bool = False) -> dict:
 
 
 def _print_tables(jobs, results_dir: Path) -> None:
-    from ptuning.plots import plot_paths
-    from ptuning.report import tables
+    from ptuning.report.plots import plot_paths
+    from ptuning.report.tables import tables
 
     click.echo(tables(jobs, _load_results(results_dir), plot_paths(results_dir)))
 
 
 def _write_plots(jobs, results_dir: Path, quiet: bool = False) -> list[Path]:
-    from ptuning.plots import write_plots
+    from ptuning.report.plots import write_plots
 
     return write_plots(jobs, _load_results(results_dir, quiet), results_dir)
 
@@ -231,7 +231,7 @@ def list_jobs(ctx: click.Context) -> None:
     """List the jobs in jobs/ (row, name, title, method, implementation, knob, learning rate)."""
     from tabulate import tabulate
 
-    from ptuning.jobs import load_all_jobs
+    from ptuning.settings import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
     rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.lr is None else j.lr] for j in jobs]
@@ -244,7 +244,7 @@ def list_jobs(ctx: click.Context) -> None:
 @click.pass_context
 def run(ctx: click.Context, job_refs: tuple[str, ...], **kwargs) -> None:
     """Run jobs by name (file stem in jobs/) or by path to a YAML file."""
-    from ptuning.jobs import load_job
+    from ptuning.settings import load_job
 
     directory = None if all(r.endswith((".yaml", ".yml")) for r in job_refs) else _jobs_dir(ctx)
     jobs = [load_job(ref, directory) for ref in job_refs]
@@ -260,11 +260,11 @@ def run(ctx: click.Context, job_refs: tuple[str, ...], **kwargs) -> None:
 @click.pass_context
 def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
     """Run every job in jobs/, in table order, then print the tables."""
-    from ptuning.jobs import load_all_jobs
+    from ptuning.settings import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
     if not jobs:  # exiting 0 having run nothing would read as success
-        from ptuning.jobs import jobs_dir
+        from ptuning.settings import jobs_dir
 
         raise PtuningError(f"no job files (*.yaml) in {_jobs_dir(ctx) or jobs_dir()}; pass --jobs-dir with the folder of job files")
     if concurrency > 1:
@@ -298,8 +298,8 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
           precision: str, compile_: bool, cuda_graphs: bool, concurrency: int, output: str | None, json_output: str | None) -> None:
     """Time the exercise's loop and the fast path in one run on this device (random weights, synthetic data)."""
     from ptuning.atomic import atomic_save
-    from ptuning.bench import run_bench
-    from ptuning.runner import resolve_device
+    from ptuning.run.runner import resolve_device
+    from ptuning.speed.bench import run_bench
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -340,7 +340,7 @@ def _require_results(results_dir: str) -> None:
 @click.pass_context
 def tables_cmd(ctx: click.Context, results_dir: str) -> None:
     """Print the accuracy and parameter tables (markdown) from a results directory."""
-    from ptuning.jobs import load_all_jobs
+    from ptuning.settings import load_all_jobs
 
     _require_results(results_dir)
     _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
@@ -353,8 +353,8 @@ def tables_cmd(ctx: click.Context, results_dir: str) -> None:
 @click.pass_context
 def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
     """Fail (exit 1) when a row's max accuracy is farther than the tolerance from the reference, or did not run."""
-    from ptuning.check import check
-    from ptuning.jobs import load_all_jobs
+    from ptuning.report.check import check
+    from ptuning.settings import load_all_jobs
 
     ok, lines = check(results_dir, tolerance, load_all_jobs(_jobs_dir(ctx)))
     for line in lines:
@@ -368,7 +368,7 @@ def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
 @click.pass_context
 def plots_cmd(ctx: click.Context, results_dir: str) -> None:
     """Write accuracy-per-epoch, Pareto and training-time PNGs into RESULTS/plots/."""
-    from ptuning.jobs import load_all_jobs
+    from ptuning.settings import load_all_jobs
 
     _require_results(results_dir)
     written = _write_plots(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
@@ -385,8 +385,8 @@ def plots_cmd(ctx: click.Context, results_dir: str) -> None:
 @click.pass_context
 def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[str, ...]) -> None:
     """Count each job's parameters on a random-weight model and check the added ones against the formula."""
-    from ptuning import params
-    from ptuning.jobs import job_names, load_job
+    from ptuning.report import params
+    from ptuning.settings import job_names, load_job
 
     directory = _jobs_dir(ctx)
     config = params.load_config(model)
@@ -412,9 +412,9 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[
 @click.pass_context
 def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tuple[str, ...]) -> None:
     """Run every job (or the named ones) for one short epoch on a tiny offline T5, on CPU."""
-    from ptuning import smoke as smoke_mod
-    from ptuning.jobs import job_names, load_job
-    from ptuning.runner import run_job
+    from ptuning.run.runner import run_job
+    from ptuning.settings import job_names, load_job
+    from ptuning.testing import smoke as smoke_mod
 
     directory = _jobs_dir(ctx)
     names = list(job_refs) or job_names(directory)

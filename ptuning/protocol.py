@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ptuning.errors import PtuningError
-from ptuning.results import PROTOCOLS  # noqa: F401 - re-exported: the protocol names
+from ptuning.report.results import PROTOCOLS  # noqa: F401 - re-exported: the protocol names
 
 
 def heldout_indices(labels: list[int], size: int, seed: int) -> tuple[list[int], list[int]]:

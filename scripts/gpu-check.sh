@@ -153,7 +153,7 @@ EOF
 
   # -- 2. the assets: random-weight model + synthetic IMDb-length data, built here (no hub)
   local assets model="" data=""
-  step assets 150 300 "$WORK/assets.txt" "$PY" -m ptuning.gpucheck assets "$WORK/assets" --n-train "$N_DATA" --n-test "$N_DATA" \
+  step assets 150 300 "$WORK/assets.txt" "$PY" -m ptuning.speed.gpucheck assets "$WORK/assets" --n-train "$N_DATA" --n-test "$N_DATA" \
     --size "$SIZE"
   cat "$WORK/assets.txt"
   assets=$(tail -1 "$WORK/assets.txt" 2>/dev/null)
@@ -162,7 +162,7 @@ EOF
   echo "assets: model $model, data $data"
 
   # -- 3. correctness first: training with the step as CUDA graphs vs eagerly, dropout off (same losses?)
-  step equivalence 120 300 - "$PY" -m ptuning.gpucheck equivalence --device "$DEVICE" --steps "$EQ_STEPS" --size "$SIZE" \
+  step equivalence 120 300 - "$PY" -m ptuning.speed.gpucheck equivalence --device "$DEVICE" --steps "$EQ_STEPS" --size "$SIZE" \
     --rows "$EQ_ROWS" --output "$WORK/equivalence.md"
   echo "equivalence step: $STATUS" >> "$WORK/equivalence.md"
   publish
@@ -186,7 +186,7 @@ EOF
   [ -d "$WORK/runall" ] && timeout 45 "$PY" -m ptuning.cli tables --results "$WORK/runall" > "$WORK/tables.md"
   # what the projection needs besides the bench, timed apart with the run-all's functions: each job's data, tables, plots
   if [ -n "$WALL" ]; then
-    step overheads 90 20 - "$PY" -m ptuning.gpucheck overheads --model "$model" --dataset "$data" --train-limit "$TRAIN_LIMIT" \
+    step overheads 90 20 - "$PY" -m ptuning.speed.gpucheck overheads --model "$model" --dataset "$data" --train-limit "$TRAIN_LIMIT" \
       --eval-limit "$EVAL_LIMIT" --results "$WORK/runall" --output "$WORK/overheads.json"
   fi
   write_report
@@ -194,7 +194,7 @@ EOF
 
   # -- 6. if the budget allows: where a step's time goes (kernels per step, eager and graphed: the next lever), then the
   #    fast path without CUDA graphs (what the graphs bring), then with torch.compile (the profile covers evaluation too)
-  step profile 90 20 - "$PY" -m ptuning.gpucheck profile --device "$DEVICE" --size "$SIZE" --steps "$PROFILE_STEPS" \
+  step profile 90 20 - "$PY" -m ptuning.speed.gpucheck profile --device "$DEVICE" --size "$SIZE" --steps "$PROFILE_STEPS" \
     --eval-reviews "$PROFILE_EVAL" --rows "$EQ_ROWS" --output "$WORK/profile.md"
   echo "profile step: $STATUS" >> "$WORK/profile.md"
   write_report
@@ -216,7 +216,7 @@ write_report() {
                --extra "where a training step's time goes (torch.profiler: kernels per step, eager and as a CUDA graph)=$WORK/profile.md"
                --extra "bench of the fast path without CUDA graphs (--no-cuda-graphs)=$WORK/bench-eager.md"
                --extra "bench with --compile (torch.compile reduce-overhead over length buckets)=$WORK/bench-compile.md")
-  timeout 45 "$PY" -m ptuning.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \
+  timeout 45 "$PY" -m ptuning.speed.gpucheck report --bench-json "$WORK/bench.json" --bench-md "$WORK/bench.md" --bench-status "$BENCH_STATUS" \
     --overheads "$WORK/overheads.json" --results "$WORK/runall" ${WALL:+--wall "$WALL"} --runall-status "$RUNALL_STATUS" --card "$CARD" --device "$DEVICE" \
     --epochs "$EPOCHS" --train-limit "$TRAIN_LIMIT" --eval-limit "$EVAL_LIMIT" --concurrency "$CONCURRENCY" \
     --model-desc "$MODEL_DESC" "${extra[@]}" --output "$WORK/BENCHMARKS.md" --summary-json "$WORK/summary.json" > /dev/null \

@@ -25,7 +25,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
     """(model_dir, dataset_dir) written once per session through the public builders."""
-    from ptuning.tiny import build_assets
+    from ptuning.testing.tiny import build_assets
 
     return build_assets(tmp_path_factory.mktemp("assets"))
 

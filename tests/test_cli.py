@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from ptuning.cli import main
-from ptuning.results import schema_problem
-from ptuning.stats import summarize
+from ptuning.report.results import schema_problem
+from ptuning.report.stats import summarize
 
 from .conftest import JOBS, REPO
 

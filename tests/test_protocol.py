@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptuning import protocol, runner
+from ptuning import protocol
 from ptuning.errors import PtuningError
-from ptuning.jobs import load_job
+from ptuning.run import runner
+from ptuning.settings import load_job
 
 from .conftest import JOBS
 

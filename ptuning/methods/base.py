@@ -107,7 +107,7 @@ class Method:
         return model
 
     def formula(self, config: Any):
-        """The analytic count of added parameters (a `ptuning.formulas.Formula`) for this method."""
+        """The analytic count of added parameters (a `ptuning.methods.formulas.Formula`) for this method."""
         raise NotImplementedError
 
     # -- persistence -----------------------------------------------------------------------

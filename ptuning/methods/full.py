@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ptuning import formulas
+from ptuning.methods import formulas
 from ptuning.methods.base import Method
 
 

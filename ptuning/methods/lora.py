@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
-from ptuning import formulas
 from ptuning.errors import PtuningError
+from ptuning.methods import formulas
 from ptuning.methods.base import Knob, Method
 
 

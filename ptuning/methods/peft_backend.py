@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from ptuning import formulas
 from ptuning.errors import PtuningError
+from ptuning.methods import formulas
 from ptuning.methods.base import Knob
 from ptuning.methods.library import LibraryMethod
 

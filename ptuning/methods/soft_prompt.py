@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptuning import formulas
+from ptuning.methods import formulas
 from ptuning.methods.base import Knob, Method
 
 

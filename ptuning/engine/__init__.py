@@ -1,0 +1,1 @@
+"""How a run trains and evaluates: the faithful (the exercise's) and the fast path."""

@@ -1,0 +1,1 @@
+"""Running one job end to end: the runner, checkpoints, locks, signals, concurrent runs."""

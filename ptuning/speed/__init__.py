@@ -1,0 +1,1 @@
+"""Benchmarking only: `ptuning bench` and the GPU check. Never imported by the core."""

@@ -1,0 +1,40 @@
+"""`ptuning smoke`: all ten rows end to end on the tiny offline model, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ptuning.cli import main
+from tests.conftest import JOBS
+
+
+def test_smoke_runs_the_ten_rows_and_zero_shot(tmp_path, tiny_assets):
+    model_dir, _ = tiny_assets
+    out = tmp_path / "smoke"
+    result = CliRunner().invoke(
+        main, ["--jobs-dir", str(JOBS), "smoke", "--workdir", str(model_dir.parent), "--output-dir", str(out)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "smoke: 11 of 11 jobs passed" in result.output
+    assert "These numbers mean NOTHING" in result.output
+    artifacts = {"full_ft": "model.pt", "soft_prompt_10": "prompts.pt", "adapter_8": "adapter.pt", "lora_8": "lora.pt",
+                 "soft_prompt_1_opendelta": "prompts.pt", "adapter_8_adapterhub": "adapter", "lora_1_peft": "lora"}
+    for job, artifact in artifacts.items():
+        run = out / job / "seed0"
+        data = json.loads((run / "result.json").read_text())
+        assert data["status"] == "completed" and data["params"]["match"], job
+        assert data["config"]["model"] == str(model_dir)
+        assert (run / artifact).exists(), job
+    assert result.output.count("| yes") == 11  # every parameter count equals its formula
+
+
+def test_smoke_workdir_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("kept")
+    result = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "smoke", "--workdir", str(tmp_path / "a-file" / "w"),
+                                       "--output-dir", str(tmp_path / "smoke"), "zero_shot"])
+    assert result.exit_code == 1, result.exception
+    assert result.stderr.strip() == (f"ptuning: error: cannot build the tiny model and data in {tmp_path / 'a-file' / 'w'}: "
+                                     "Not a directory; pass --workdir with a writable directory")
+    assert not (tmp_path / "smoke").exists()
