@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -60,46 +59,85 @@ def _jobs_dir(ctx: click.Context) -> Path:
     return jobs_dir(ctx.obj.get("jobs_dir"))
 
 
+#: settings with an option of their own on `run` and `run-all`; every setting (and method knob) is also `--set KEY=VALUE`
+SHORTCUTS = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", "protocol", "heldout_size", "speed", "precision",
+             "compile", "cuda_graphs")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
 def run_options(f):
-    """Options shared by `run`, `run-all` (they override the job files)."""
-    options = [
-        click.option("--model", help="Hub id or local directory of a T5 model (default: t5-small)."),
-        click.option("--dataset", help="Hub id or local path of an IMDb-shaped dataset (default: stanfordnlp/imdb)."),
-        click.option("--epochs", type=int, help="Number of epochs (default: 10)."),
-        click.option("--train-limit", type=int, help="Use N training reviews (a fixed sample) for a quick run."),
-        click.option("--eval-limit", type=int, help="Use N test reviews (a fixed sample) for a quick run."),
-        click.option("--seed", type=int, help="One random seed (default: the job's, 0)."),
-        click.option("--seeds", callback=_parse_seeds, help="Several seeds, e.g. 0,1,2: one run each; tables show mean ± std."),
-        click.option("--protocol", type=click.Choice(["faithful", "heldout"]), help="faithful (max test accuracy over epochs) or heldout (select the epoch on a validation split held out from train)."),
-        click.option("--heldout-size", type=int, help="heldout protocol: validation reviews taken from train (default: 2500)."),
+    """Options shared by `run` and `run-all` (they override the job files): the shortcuts and `--set`, drawn from the
+    settings schema (ptuning/settings.py), and what is not a setting (device, output folder, --force)."""
+    from ptuning.settings import SETTINGS
+
+    options = []
+    for key in SHORTCUTS:
+        spec = SETTINGS[key]
+        if spec.type is bool:
+            options.append(click.option(f"{_flag(key)}/--no-{key.replace('_', '-')}", key, default=None, help=f"{spec.help[0].upper()}{spec.help[1:]}."))
+        else:
+            metavar = "|".join(spec.choices) if spec.choices else {int: "N", float: "X"}.get(spec.type, "TEXT")
+            options.append(click.option(_flag(key), key, metavar=metavar, help=f"{spec.help[0].upper()}{spec.help[1:]}."))
+    options += [
+        click.option("--seeds", metavar="N,M,...", help="Several seeds, e.g. 0,1,2: one run each; tables show mean ± std."),
+        click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                     help="Any setting (`ptuning settings` lists them) or method knob (method.rank=4); repeatable."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
-        click.option("--speed", type=click.Choice(["auto", "fast", "faithful"]), help="fast path or the exercise's loop (default auto: fast on CUDA, faithful on CPU)."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto (default): bf16 autocast on the fast path on CUDA, else fp32."),
-        click.option("--compile/--no-compile", "compile_", default=None, help="Fast path on CUDA: torch.compile over length buckets (default off)."),
-        click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None, help="Fast path on CUDA: replay each training step as a CUDA graph (default on)."),
         click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
     ]
     for option in reversed(options):
         f = option(f)
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
+    return f
 
 
-def _parse_seeds(ctx, param, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        seeds = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2, got {value!r}") from None
-    if not seeds:
-        raise click.BadParameter("expected at least one seed")
-    return seeds
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` → [0, 1, 2], checked as a whole (range, repeats) before anything runs."""
+    from ptuning.settings import check_setting
+
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.lstrip("-").isdigit() for part in parts):
+        raise PtuningError(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}")
+    return check_setting("--seeds", "seeds", [int(part) for part in parts])
+
+
+def overrides(kwargs: dict) -> dict:
+    """The settings this command line gives: the shortcut options, --seeds, then each --set; a key given twice is
+    an error. `--seed N` replaces a job file's seed list."""
+    from ptuning.settings import parse_assignment, parse_value
+
+    out: dict = {}
+    source: dict[str, str] = {}
+
+    def put(key: str, value, where: str) -> None:
+        if key in out:
+            raise PtuningError(f"{where}: {key!r} is given twice ({source[key]} and {where}); give it once")
+        out[key], source[key] = value, where
+
+    for key in SHORTCUTS:
+        value = kwargs.get(key)
+        if value is not None:
+            put(key, value if isinstance(value, bool) else parse_value(key, value, _flag(key)), _flag(key))
+    if kwargs.get("seeds") is not None:
+        put("seeds", parse_seeds(kwargs["seeds"]), "--seeds")
+    for text in kwargs.get("assignments") or ():
+        key, value = parse_assignment(text)
+        put(key, value, f"--set {key}")
+    if "seed" in out:
+        if "seeds" in out:
+            raise PtuningError("give either --seed N or --seeds N,M,..., not both")
+        out["seeds"] = [out["seed"]]
+    return out
+
+
+def override_args(values: dict) -> list[str]:
+    """`overrides` written back as command-line words (`--set seeds=[0, 1]` ...): what a child `ptuning run` gets."""
+    from ptuning.settings import format_value
+
+    return [word for key, value in values.items() for word in ("--set", f"{key}={format_value(value)}")]
 
 
 def _parse_rows(ctx, param, value: str) -> list[str]:
@@ -112,9 +150,6 @@ def _parse_rows(ctx, param, value: str) -> list[str]:
     return rows
 
 
-OVERRIDES = ("model", "dataset", "epochs", "train_limit", "eval_limit", "seed", "seeds", "protocol", "heldout_size", "speed", "precision")
-
-
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
 
@@ -124,15 +159,9 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     from ptuning.run.lock import OutputLock
     from ptuning.run.runner import resolve_device, run_job
 
-    if kwargs.get("seed") is not None and kwargs.get("seeds") is not None:
-        raise PtuningError("give either --seed N or --seeds N,M,..., not both")
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
-    overrides = {k: kwargs.get(k) for k in OVERRIDES}
-    if overrides["seed"] is not None:
-        overrides["seeds"] = [overrides["seed"]]  # --seed replaces a job file's seed list
-    overrides["compile"] = kwargs.get("compile_")
-    overrides["cuda_graphs"] = kwargs.get("cuda_graphs")
-    jobs = [job.override(**overrides) for job in jobs]  # validate every override first
+    values = overrides(kwargs)
+    jobs = [job.override(values) for job in jobs]  # validate every override first
     failures = []
     with OutputLock(Path(kwargs["output_dir"])), StopRequest() as stop:
         for job in jobs:
@@ -148,26 +177,15 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     return failures
 
 
-def _child_options(ctx: click.Context, skip: tuple[str, ...] = ("concurrency",)) -> list[str]:
-    """The options of this command line, re-emitted for a child `ptuning run` (paths made absolute)."""
-    out: list[str] = []
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name in skip or param.name not in ctx.params:
-            continue
-        value = ctx.params[param.name]
-        if value is None or ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT and param.name != "output_dir":
-            continue
-        if param.is_flag and param.secondary_opts:
-            out.append(param.opts[0] if value else param.secondary_opts[0])
-        elif param.is_flag:
-            if value:
-                out.append(param.opts[0])
-        else:
-            for v in value if param.multiple else [value]:
-                if param.name in ("output_dir", "model", "dataset") and Path(str(v)).exists():
-                    v = Path(str(v)).resolve()
-                out += [param.opts[0], str(v)]
-    return out
+def child_options(kwargs: dict) -> list[str]:
+    """This command line's run options for a child `ptuning run`: the settings as `--set` (local model and dataset
+    paths made absolute), the device, the output folder (absolute) and --force."""
+    values = overrides(kwargs)
+    for key in ("model", "dataset"):
+        if isinstance(values.get(key), str) and Path(values[key]).exists():
+            values[key] = str(Path(values[key]).resolve())
+    words = override_args(values) + ["--device", kwargs["device"], "--output-dir", str(Path(kwargs["output_dir"]).resolve())]
+    return words + (["--force"] if kwargs.get("force") else [])
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
@@ -179,9 +197,9 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
     from ptuning.run.runner import check_writable, resolve_device
 
     resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
-    overrides = {k: kwargs.get(k) for k in OVERRIDES}
+    values = overrides(kwargs)
     for job in jobs:
-        job.override(**overrides)
+        job.override(values)
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
 
@@ -193,7 +211,7 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
         with OutputLock(output_dir):  # the children share it (they see our pid in INHERIT_ENV)
             os.environ[INHERIT_ENV] = str(os.getpid())
             click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
-            return run_concurrently([j.name for j in jobs], _child_options(ctx), output_dir, concurrency,
+            return run_concurrently([j.name for j in jobs], child_options(kwargs), output_dir, concurrency,
                                     jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
     finally:
         os.environ.pop(INHERIT_ENV, None)
@@ -234,8 +252,21 @@ def list_jobs(ctx: click.Context) -> None:
     from ptuning.settings import load_all_jobs
 
     jobs = load_all_jobs(_jobs_dir(ctx))
-    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.lr is None else j.lr] for j in jobs]
+    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.settings.lr is None else j.settings.lr] for j in jobs]
     click.echo(tabulate(rows, headers=["row", "job", "title", "method", "implementation", "knob", "lr"], tablefmt="github", disable_numparse=True))
+
+
+@main.command("settings")
+@click.pass_context
+def settings_cmd(ctx: click.Context) -> None:
+    """List every setting a job file, `_defaults.yaml` or `--set KEY=VALUE` may give: type, allowed values, default."""
+    from tabulate import tabulate
+
+    from ptuning.settings import describe_settings, load_defaults
+
+    rows = describe_settings(load_defaults(_jobs_dir(ctx)))
+    click.echo(tabulate(rows, headers=["key", "type", "allowed", "default", "meaning"], tablefmt="github", disable_numparse=True))
+    click.echo("\nMethod knobs: --set method.KNOB=VALUE (e.g. method.rank=4); `ptuning list` shows each job's.")
 
 
 @main.command()
@@ -430,7 +461,8 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
     jobs.sort(key=lambda j: (j.row, j.name))
     for job in jobs:
         try:
-            run_job(job.override(model=str(model_dir), dataset=str(data_dir), **smoke_mod.SMOKE_SETTINGS), Path(output_dir), "cpu", force=True)
+            settings = {"model": str(model_dir), "dataset": str(data_dir), **smoke_mod.SMOKE_SETTINGS}
+            run_job(job.override(settings, where="smoke"), Path(output_dir), "cpu", force=True)
         except PtuningError as exc:
             click.echo(f"ptuning: error: [{job.name}] {exc}", err=True)
             failures.append(job.name)

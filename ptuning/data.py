@@ -306,15 +306,15 @@ class Collator:
 
 def build_datasets(job, tokenizer, placeholders: int, splits=None) -> tuple[ExamplesDataset, ExamplesDataset, list[list[int]]]:
     """Train and test datasets for a job: loaded, limited, tokenized (cached) and with placeholders."""
-    splits = splits if splits is not None else load_splits(job.dataset, job.dataset_config)
-    targets = label_token_ids(tokenizer, list(job.labels))
+    splits = splits if splits is not None else load_splits(job.settings.dataset, job.settings.dataset_config)
+    targets = label_token_ids(tokenizer, list(job.settings.labels))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    train = encode_split(splits["train"], tokenizer, job.max_length, job.train_limit)
-    test = encode_split(splits["test"], tokenizer, job.max_length, job.eval_limit)
+    train = encode_split(splits["train"], tokenizer, job.settings.max_length, job.settings.train_limit)
+    test = encode_split(splits["test"], tokenizer, job.settings.max_length, job.settings.eval_limit)
     if len(train) == 0 or len(test) == 0:
-        raise PtuningError(f"{job.dataset}: the train and test splits must not be empty")
+        raise PtuningError(f"{job.settings.dataset}: the train and test splits must not be empty")
     return (
-        ExamplesDataset(train, targets, placeholders, job.max_length, pad, eos),
-        ExamplesDataset(test, targets, placeholders, job.max_length, pad, eos),
+        ExamplesDataset(train, targets, placeholders, job.settings.max_length, pad, eos),
+        ExamplesDataset(test, targets, placeholders, job.settings.max_length, pad, eos),
         targets,
     )

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ptuning.errors import PtuningError
-from ptuning.report.results import PROTOCOLS  # noqa: F401 - re-exported: the protocol names
+
+#: the protocol names, in table order (results record the name)
+PROTOCOLS = ("faithful", "heldout")
 
 
 def heldout_indices(labels: list[int], size: int, seed: int) -> tuple[list[int], list[int]]:
@@ -28,6 +28,8 @@ def heldout_indices(labels: list[int], size: int, seed: int) -> tuple[list[int],
     Stratified: each label gets its share of `size` (largest remainder, ties to the smaller label),
     and within a label the examples are drawn by a permutation seeded with `seed`.
     """
+    import torch
+
     n = len(labels)
     if not 0 < size < n:
         raise PtuningError(f"heldout_size {size} must be at least 1 and smaller than the {n:,} training reviews")
@@ -52,7 +54,7 @@ def heldout_indices(labels: list[int], size: int, seed: int) -> tuple[list[int],
 
 def split_train(train_ds, job) -> tuple[Any, Any]:
     """(training part, validation part) of a `datasets.Dataset` for the heldout protocol."""
-    train_idx, val_idx = heldout_indices(list(train_ds["label"]), job.heldout_size, job.heldout_seed)
+    train_idx, val_idx = heldout_indices(list(train_ds["label"]), job.settings.heldout_size, job.settings.heldout_seed)
     return train_ds.select(train_idx), train_ds.select(val_idx)
 
 
@@ -60,7 +62,7 @@ def build_datasets(job, tokenizer, placeholders: int, splits) -> tuple[Any, dict
     """(train set, {"test": test set[, "validation": validation set]}) for the job's protocol."""
     from ptuning import data as data_mod
 
-    if job.protocol == "faithful":
+    if job.settings.protocol == "faithful":
         train_set, test_set, _ = data_mod.build_datasets(job, tokenizer, placeholders, splits)
         return train_set, {"test": test_set}
     import datasets
@@ -68,8 +70,8 @@ def build_datasets(job, tokenizer, placeholders: int, splits) -> tuple[Any, dict
     train_part, validation = split_train(splits["train"], job)
     limited = datasets.DatasetDict({"train": train_part, "test": splits["test"]})
     train_set, test_set, targets = data_mod.build_datasets(job, tokenizer, placeholders, limited)
-    encoded = data_mod.encode_split(validation, tokenizer, job.max_length, None)
-    val_set = data_mod.ExamplesDataset(encoded, targets, placeholders, job.max_length, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    encoded = data_mod.encode_split(validation, tokenizer, job.settings.max_length, None)
+    val_set = data_mod.ExamplesDataset(encoded, targets, placeholders, job.settings.max_length, tokenizer.pad_token_id, tokenizer.eos_token_id)
     return train_set, {"validation": val_set, "test": test_set}
 
 

@@ -1,8 +1,17 @@
-"""Job files: one YAML per table row in `jobs/`, shared defaults in `jobs/_defaults.yaml`.
+"""Settings and job files: one typed schema for every training and evaluation key.
 
-A job file is validated on load; every problem is a `PtuningError` naming the file and the key,
-with a suggestion for misspelled keys. Command-line options override job values through
-`Job.override`, which validates the same way.
+`Settings` is the schema: a frozen dataclass whose fields are the keys a job may set, each with its type and,
+in its metadata, a help text and its bounds or choices. It drives everything that reads a setting:
+
+* `jobs/_defaults.yaml` holds the shared values (every field but `lr`, which each job file gives itself);
+  `load_defaults` checks it against the schema;
+* a job file (one YAML per table row in `jobs/`) names its row, title, method block and learning rate, and may
+  override any default; `parse_job` validates it, naming the file and the key (with a did-you-mean hint for a
+  misspelled key);
+* the command line: `--set KEY=VALUE` (any setting, or `method.KNOB`) and the shortcut options of `ptuning run`
+  (`--epochs`, `--seeds`, ...) go through `parse_value` and `Job.override`, the same checks with the same messages.
+
+A job is `Job` (what the file describes) holding a `Settings` (how it runs): `job.settings.lr` is a float.
 """
 
 from __future__ import annotations
@@ -11,58 +20,122 @@ import dataclasses
 import difflib
 import math
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from ptuning.errors import PtuningError
-from ptuning.report.results import PROTOCOLS
+from ptuning.protocol import PROTOCOLS
 
 DEFAULTS_FILE = "_defaults.yaml"
+#: a job's name is its file's stem: plain enough to be a folder name and a command-line word
+JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def setting(help: str, *, minimum: float | None = None, maximum: float | None = None, exclusive_minimum: bool = False,
+            choices: tuple[str, ...] | None = None, per_job: bool = False, rule: Callable[[str, Any], Any] | None = None):
+    """A Settings field: its help text and what a value must satisfy (type comes from the annotation).
+
+    `per_job`: no shared default, each job file gives it. `rule(where, value)`: a check beyond type and bounds,
+    returning the value (possibly normalised) or raising PtuningError."""
+    return field(metadata={"help": help, "minimum": minimum, "maximum": maximum, "exclusive_minimum": exclusive_minimum,
+                           "choices": choices, "per_job": per_job, "rule": rule})
+
+
+def _labels_rule(where: str, value: list) -> list:
+    if len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value) or value[0].strip() == value[1].strip():
+        raise PtuningError(f"{where}: 'labels' must be two words (label 0, label 1) that differ, got {_show(value)}")
+    return list(value)
+
+
+SEED_MAX = 2**32 - 1  # numpy's (and torch's generator's) seed range
+
+
+def _seeds_rule(where: str, value: list) -> list:
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SEED_MAX for v in value):
+        raise PtuningError(f"{where}: 'seeds' must be a non-empty list of integers from 0 to {SEED_MAX}, got {_show(value)}")
+    if len(set(value)) != len(value):
+        raise PtuningError(f"{where}: 'seeds' has a repeated seed: {_show(value)}")
+    return list(value)
+
+
+#: a bound for counts that have no natural one: large enough for any real run, small enough to refuse a typo
+BIG = 10**9
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One training/evaluation key a job may set: its type and smallest allowed value."""
+class Settings:
+    """How a job trains and evaluates. Values: `jobs/_defaults.yaml`, then the job file, then the command line."""
 
-    type: type | tuple[type, ...]
-    minimum: float | None = None
-    choices: tuple[str, ...] | None = None
-    optional: bool = False  # None allowed
-    exclusive_minimum: bool = False
-    maximum: float | None = None
+    model: str = setting("hub id or local directory of a T5 model")
+    dataset: str = setting("hub id, a dataset saved with save_to_disk, or a folder of train/test json|csv|parquet files")
+    dataset_config: str | None = setting("hub configuration name (ignored for local paths)")
+    lr: float | None = setting("learning rate of AdamW (none: the method does not train)", minimum=0.0,
+                               exclusive_minimum=True, per_job=True)
+    weight_decay: float = setting("AdamW weight decay", minimum=0.0, maximum=BIG)
+    batch_size: int = setting("training batch size", minimum=1, maximum=2**20)
+    eval_batch_size: int = setting("evaluation batch size of the faithful path (generate)", minimum=1, maximum=2**20)
+    epochs: int = setting("number of epochs; evaluation after each", minimum=1, maximum=100_000)
+    max_length: int = setting("input tokens kept, </s> and soft-prompt placeholders included", minimum=2, maximum=2**20)
+    generate_max_length: int = setting("generate(max_length=N), greedy", minimum=2, maximum=2**16)
+    seed: int = setting("random seed of a run", minimum=0, maximum=SEED_MAX)
+    seeds: list[int] | None = setting("several seeds: one run each; the tables show mean ± std", rule=_seeds_rule)
+    train_limit: int | None = setting("use N training reviews, a fixed random sample (none: all)", minimum=1, maximum=BIG)
+    eval_limit: int | None = setting("use N test reviews, a fixed random sample (none: all)", minimum=1, maximum=BIG)
+    precision: str = setting("auto (bf16 on the fast path on CUDA, else fp32), fp32 or bf16", choices=("auto", "fp32", "bf16"))
+    speed: str = setting("auto (fast on CUDA, faithful on CPU), fast, or faithful (the exercise's loop)",
+                         choices=("auto", "fast", "faithful"))
+    fast_eval_batch_size: int = setting("fast path: length-sorted evaluation batch size", minimum=1, maximum=2**20)
+    compile: bool = setting("fast path on CUDA: torch.compile over length buckets instead of CUDA graphs")
+    cuda_graphs: bool = setting("fast path on CUDA: replay each training step as a CUDA graph")
+    labels: list[str] = setting("verbalizer: the words for label 0 and label 1", rule=_labels_rule)
+    protocol: str = setting("faithful (max test accuracy over epochs) or heldout (epoch chosen on a validation split)",
+                            choices=PROTOCOLS)
+    heldout_size: int = setting("heldout protocol: validation reviews held out from train", minimum=1, maximum=BIG)
+    heldout_seed: int = setting("heldout protocol: which reviews are held out (the same for every job seed)", minimum=0,
+                                maximum=SEED_MAX)
 
 
-#: every training/evaluation key, its type and bounds; defaults come from jobs/_defaults.yaml
-SETTINGS: dict[str, Setting] = {
-    "model": Setting(str),
-    "dataset": Setting(str),
-    "dataset_config": Setting(str, optional=True),
-    "lr": Setting(float, minimum=0.0, exclusive_minimum=True),
-    "weight_decay": Setting(float, minimum=0.0),
-    "batch_size": Setting(int, minimum=1),
-    "eval_batch_size": Setting(int, minimum=1),
-    "epochs": Setting(int, minimum=1),
-    "max_length": Setting(int, minimum=2),
-    "generate_max_length": Setting(int, minimum=2),
-    "seed": Setting(int, minimum=0, maximum=2**32 - 1),  # numpy's seed range
-    "train_limit": Setting(int, minimum=1, optional=True),
-    "eval_limit": Setting(int, minimum=1, optional=True),
-    "precision": Setting(str, choices=("auto", "fp32", "bf16")),
-    "speed": Setting(str, choices=("auto", "fast", "faithful")),  # see ptuning/engine/fast.py
-    "fast_eval_batch_size": Setting(int, minimum=1),
-    "compile": Setting(bool),
-    "cuda_graphs": Setting(bool),
-    "labels": Setting(list),
-    "seeds": Setting(list, optional=True),  # several seeds: one run each; overrides `seed`
-    "protocol": Setting(str, choices=PROTOCOLS),
-    "heldout_size": Setting(int, minimum=1),
-    "heldout_seed": Setting(int, minimum=0),
-}
-#: settings each job file must give itself (no shared default)
-PER_JOB = {"lr"}
+@dataclass(frozen=True)
+class Spec:
+    """One setting's rules, read from the schema: type (`list` with `item`), optional (None allowed), bounds, help."""
+
+    name: str
+    type: type
+    item: type | None
+    optional: bool
+    help: str
+    minimum: float | None
+    maximum: float | None
+    exclusive_minimum: bool
+    choices: tuple[str, ...] | None
+    per_job: bool
+    rule: Callable[[str, Any], Any] | None
+
+
+def _specs() -> dict[str, Spec]:
+    hints = typing.get_type_hints(Settings)
+    out = {}
+    for f in dataclasses.fields(Settings):
+        kind, optional = hints[f.name], False
+        if isinstance(kind, types.UnionType) and type(None) in kind.__args__:
+            optional = True
+            kind = next(a for a in kind.__args__ if a is not type(None))
+        item = None
+        if typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
+            kind = list
+        out[f.name] = Spec(name=f.name, type=kind, item=item, optional=optional, **f.metadata)
+    return out
+
+
+#: every setting's rules, by name, in schema order
+SETTINGS: dict[str, Spec] = _specs()
 #: descriptive keys of a job file (not training settings)
 DESCRIPTIVE = {"title": str, "row": int, "notes": str}
 REFERENCE_KEYS = {"accuracy": float, "total_params": int}
@@ -71,6 +144,8 @@ TOP_LEVEL = set(SETTINGS) | set(DESCRIPTIVE) | {"method", "reference"}
 
 @dataclass(frozen=True)
 class Job:
+    """One table row: what its file describes (name, title, row, method and knobs, reference) and its settings."""
+
     name: str
     path: Path | None
     title: str
@@ -78,42 +153,44 @@ class Job:
     method: str
     implementation: str
     knobs: dict[str, Any]
-    settings: dict[str, Any]
+    settings: Settings
     reference_accuracy: float | None = None
     reference_total_params: int | None = None
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, item: str) -> Any:  # job.lr, job.epochs, ... read from settings
-        settings = self.__dict__.get("settings", {})
-        if item in settings:
-            return settings[item]
-        raise AttributeError(item)
 
     @property
     def seed_list(self) -> list[int]:
         """The seeds this job runs with: `seeds` when set, else the single `seed`."""
-        return list(self.settings.get("seeds") or [self.settings["seed"]])
+        return list(self.settings.seeds or [self.settings.seed])
 
     def for_seed(self, seed: int) -> "Job":
         """A copy for one run: `seed` set, `seeds` cleared (the result records the seed it ran with)."""
-        return dataclasses.replace(self, settings={**self.settings, "seed": _check_setting(self.name, "seed", seed), "seeds": None})
+        seed = check_setting(self.name, "seed", seed)
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, seed=seed, seeds=None))
 
     @property
     def knob_summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.knobs.items()) or "–"
 
-    def override(self, **values: Any) -> "Job":
-        """A copy with some settings replaced (None values are ignored); validated like the file."""
-        where = f"{self.name} (command-line option)"
-        settings = dict(self.settings)
-        for key, value in values.items():
-            if value is None:
-                continue
-            if key not in SETTINGS:
-                raise PtuningError(f"{where}: unknown setting {key!r}")
-            settings[key] = _check_setting(where, key, value)
-        return dataclasses.replace(self, settings=settings)
+    def override(self, values: dict[str, Any] | None = None, *, where: str = "command line", **more: Any) -> "Job":
+        """A copy with settings (`lr`) and method knobs (`method.rank`) replaced, validated like the file's values:
+        `job.override({"lr": 3e-4, "method.rank": 4})` or `job.override(epochs=2)`."""
+        from ptuning.methods import method_class
+
+        settings: dict[str, Any] = {}
+        knobs = dict(self.knobs)
+        for key, value in {**(values or {}), **more}.items():
+            if key.startswith("method."):
+                knobs[key[len("method."):]] = value
+            elif key in SETTINGS:
+                settings[key] = check_setting(where, key, value)
+            else:
+                raise PtuningError(f"{where}: unknown setting {_show(key)}{_suggest(key, SETTINGS)}")
+        if knobs != self.knobs:
+            knobs = check_knobs(f"{self.name} ({where})", method_class(self.method, self.implementation), knobs)
+        if settings.get("lr", self.settings.lr) is None and _trains(self):
+            raise PtuningError(f"{where}: 'lr' must be set for {self.name}, whose method trains")
+        return dataclasses.replace(self, knobs=knobs, settings=dataclasses.replace(self.settings, **settings))
 
     def config(self) -> dict[str, Any]:
         """Everything that defines the run, for the result file."""
@@ -122,12 +199,18 @@ class Job:
             "title": self.title,
             "row": self.row,
             "method": {"name": self.method, "implementation": self.implementation, **self.knobs},
-            **self.settings,
+            **dataclasses.asdict(self.settings),
         }
 
 
+def _trains(job: Job) -> bool:
+    from ptuning.methods import method_class
+
+    return getattr(method_class(job.method, job.implementation), "trains", True)
+
+
 def _suggest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, sorted(options), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, sorted(options), n=1, cutoff=0.6) if isinstance(key, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -141,7 +224,8 @@ def _type_name(t) -> str:
     return {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true/false"}.get(t, str(t))
 
 
-def _check_type(where: str, key: str, value: Any, expected: type) -> Any:
+def check_type(where: str, key: str, value: Any, expected: type) -> Any:
+    """`value` as `expected` (an int or a numeric string is a float where a float is expected), or one error line."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -159,33 +243,121 @@ def _check_type(where: str, key: str, value: Any, expected: type) -> Any:
     return value
 
 
-def _check_setting(where: str, key: str, value: Any) -> Any:
+def check_bounds(where: str, key: str, value: Any, minimum: float | None, maximum: float | None,
+                 exclusive_minimum: bool = False) -> None:
+    if minimum is not None:
+        too_small = value <= minimum if exclusive_minimum else value < minimum
+        if too_small:
+            bound = f"greater than {minimum:g}" if exclusive_minimum else f"at least {minimum:g}"
+            raise PtuningError(f"{where}: {key!r} must be {bound}, got {_show(value)}")
+    if maximum is not None and value > maximum:
+        raise PtuningError(f"{where}: {key!r} must be at most {maximum:.0f}, got {_show(value)}")
+
+
+def check_setting(where: str, key: str, value: Any) -> Any:
+    """A setting's value checked against the schema (type, bounds, choices, its rule); returns it normalised."""
     spec = SETTINGS[key]
     if value is None:
         if spec.optional:
             return None
         raise PtuningError(f"{where}: {key!r} must be set")
-    value = _check_type(where, key, value, spec.type)
-    if spec.minimum is not None:
-        too_small = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
-        if too_small:
-            bound = f"greater than {spec.minimum:g}" if spec.exclusive_minimum else f"at least {spec.minimum:g}"
-            raise PtuningError(f"{where}: {key!r} must be {bound}, got {_show(value)}")
-    if spec.maximum is not None and value > spec.maximum:
-        raise PtuningError(f"{where}: {key!r} must be at most {spec.maximum:.0f}, got {_show(value)}")
+    value = check_type(where, key, value, spec.type)
+    if spec.type in (int, float):
+        check_bounds(where, key, value, spec.minimum, spec.maximum, spec.exclusive_minimum)
     if spec.choices and value not in spec.choices:
         raise PtuningError(f"{where}: {key!r} must be one of {', '.join(spec.choices)}, got {_show(value)}")
-    if key == "labels" and (
-        len(value) != 2 or not all(isinstance(v, str) and v.strip() for v in value) or value[0].strip() == value[1].strip()
-    ):
-        raise PtuningError(f"{where}: 'labels' must be two words (label 0, label 1) that differ, got {_show(value)}")
-    if key == "seeds":
-        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-            raise PtuningError(f"{where}: 'seeds' must be a non-empty list of integers >= 0, got {value!r}")
-        if len(set(value)) != len(value):
-            raise PtuningError(f"{where}: 'seeds' has a repeated seed: {value!r}")
-        value = list(value)
+    if spec.rule is not None:
+        value = spec.rule(where, value)
     return value
+
+
+def check_knobs(where: str, cls, block: dict[str, Any]) -> dict[str, Any]:
+    """A method block's knobs (without name/implementation) checked against the method class: unknown, type, bounds,
+    missing, and the class's own rules; defaults filled in."""
+    knobs = {}
+    for key, value in block.items():
+        if key not in cls.knobs:
+            hint = _suggest(key, cls.knobs) or (f"; allowed: {', '.join(cls.knobs)}" if cls.knobs else "; it takes none")
+            raise PtuningError(f"{where}: unknown key {_show('method.' + key)} for {cls.name}/{cls.implementation}{hint}")
+        spec = cls.knobs[key]
+        value = check_type(where, f"method.{key}", value, spec.type)
+        check_bounds(where, f"method.{key}", value, spec.minimum, spec.maximum)
+        knobs[key] = value
+    for key, spec in cls.knobs.items():
+        if key not in knobs:
+            if spec.default is None:
+                raise PtuningError(f"{where}: missing required key 'method.{key}' for {cls.name}/{cls.implementation}")
+            knobs[key] = spec.default
+    try:  # rules a Knob cannot express (e.g. LoRA's alpha > 0)
+        return cls.validate(knobs)
+    except PtuningError as exc:
+        raise PtuningError(f"{where}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line values: --set KEY=VALUE and the shortcut options
+
+
+def knob_spec(key: str):
+    """The Knob of `method.KNOB` in any method (for typing a command-line value), or None."""
+    from ptuning.methods import REGISTRY, method_class
+
+    name = key[len("method."):]
+    for method, implementation in REGISTRY:
+        try:
+            cls = method_class(method, implementation)
+        except PtuningError:  # pragma: no cover - every registered class imports without its library
+            continue
+        if name in cls.knobs:
+            return cls.knobs[name]
+    return None
+
+
+def parse_value(key: str, text: str, where: str) -> Any:
+    """A command-line value for `key` (a setting or `method.KNOB`), typed as the schema says and checked.
+
+    Strings are taken as written (`--set model=/models/t5`); other values are read as YAML (`3e-4`, `true`,
+    `[0, 1, 2]`, `null`). A string setting that may be unset takes `null` (or `~`) for unset."""
+    if key.startswith("method."):
+        spec = knob_spec(key)
+        if spec is None:
+            raise PtuningError(f"{where}: no method has a knob {key[len('method.'):]!r}")
+        kind = spec.type
+    elif key in SETTINGS:
+        kind = SETTINGS[key].type
+    else:
+        raise PtuningError(f"{where}: unknown setting {_show(key)}{_suggest(key, SETTINGS)}; see `ptuning settings`")
+    if kind is str:
+        optional = key in SETTINGS and SETTINGS[key].optional
+        value: Any = None if optional and text.strip() in ("null", "~") else text
+    else:
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError:
+            raise PtuningError(f"{where}: cannot read {_show(text)} as a value for {key!r}") from None
+    if key in SETTINGS:
+        return check_setting(where, key, value)
+    return check_type(where, key, value, kind)  # bounds and rules: when applied to a job's method (Job.override)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` of `--set` → (key, typed value)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise PtuningError(f"--set {_show(text)}: expected KEY=VALUE, e.g. --set lr=3e-4 or --set method.rank=4")
+    return key, parse_value(key, value, f"--set {key}")
+
+
+def format_value(value: Any) -> str:
+    """The text `parse_value` reads back as `value` (for child command lines: `--set seeds=[0, 1]`)."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading YAML
 
 
 class _Loader(yaml.SafeLoader):
@@ -239,6 +411,10 @@ def _check_keys(where: str, mapping: dict, prefix: str) -> None:
             raise PtuningError(f"{where}: keys must be strings, got {prefix}{_show(key)}")
 
 
+# ---------------------------------------------------------------------------------------------
+# defaults and job files
+
+
 def jobs_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Where job files live: the explicit option, $PTUNING_JOBS_DIR, ./jobs, or the checkout's jobs/."""
     for candidate in (explicit, os.environ.get("PTUNING_JOBS_DIR")):
@@ -254,16 +430,18 @@ def jobs_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def load_defaults(directory: Path) -> dict[str, Any]:
+    """The shared settings of `directory/_defaults.yaml`, checked against the schema: every setting but the
+    per-job ones must be there."""
     path = directory / DEFAULTS_FILE
     data = _read_yaml(path) if path.exists() else {}
     _check_keys(str(path), data, "")
     for key in data:
         if key not in SETTINGS:
             raise PtuningError(f"{path}: unknown key {key!r}{_suggest(key, SETTINGS)}")
-    missing = [k for k, s in SETTINGS.items() if k not in data and not s.optional and k not in PER_JOB]
+    missing = [k for k, s in SETTINGS.items() if k not in data and not s.per_job]
     if missing:
         raise PtuningError(f"{path}: missing defaults for {', '.join(missing)}")
-    return {k: _check_setting(str(path), k, data.get(k)) for k in SETTINGS if k in data or k not in PER_JOB}
+    return {k: check_setting(str(path), k, data[k]) for k in SETTINGS if k in data}
 
 
 def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: str, path: Path | None = None) -> Job:
@@ -277,14 +455,11 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     for key in ("title", "method"):
         if key not in data:
             raise PtuningError(f"{where}: missing required key {key!r}")
-    descriptive = {}
-    for key, typ in DESCRIPTIVE.items():
-        if key in data:
-            descriptive[key] = _check_type(where, key, data[key], typ)
-    settings = dict(defaults)
+    descriptive = {key: check_type(where, key, data[key], typ) for key, typ in DESCRIPTIVE.items() if key in data}
+    values = dict(defaults)
     for key in SETTINGS:
         if key in data:
-            settings[key] = _check_setting(where, key, data[key])
+            values[key] = check_setting(where, key, data[key])
 
     block = data["method"]
     if not isinstance(block, dict):
@@ -305,31 +480,14 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
             f"{where}: method {mname!r} has no implementation {_show(impl)}{_suggest(impl, impls)}; known: {', '.join(impls)}"
         )
     cls = method_class(mname, impl)
+    trains = getattr(cls, "trains", True)
     if "lr" not in data:
-        if getattr(cls, "trains", True):
+        if trains:
             raise PtuningError(f"{where}: missing required key 'lr'")
-        settings["lr"] = None  # nothing trains (zero-shot): no learning rate
-    knobs = {}
-    for key, value in block.items():
-        if key in ("name", "implementation"):
-            continue
-        if key not in cls.knobs:
-            hint = _suggest(key, cls.knobs) or (f"; allowed: {', '.join(cls.knobs)}" if cls.knobs else "; it takes none")
-            raise PtuningError(f"{where}: unknown key {_show('method.' + key)} for {mname}/{impl}{hint}")
-        spec = cls.knobs[key]
-        value = _check_type(where, f"method.{key}", value, spec.type)
-        if spec.minimum is not None and value < spec.minimum:
-            raise PtuningError(f"{where}: 'method.{key}' must be at least {spec.minimum:g}, got {_show(value)}")
-        knobs[key] = value
-    for key, spec in cls.knobs.items():
-        if key not in knobs:
-            if spec.default is None:
-                raise PtuningError(f"{where}: missing required key 'method.{key}' for {mname}/{impl}")
-            knobs[key] = spec.default
-    try:  # rules a Knob cannot express (e.g. LoRA's alpha > 0)
-        knobs = cls.validate(knobs)
-    except PtuningError as exc:
-        raise PtuningError(f"{where}: {exc}") from None
+        values["lr"] = None  # nothing trains (zero-shot): no learning rate
+    elif values["lr"] is None and trains:
+        raise PtuningError(f"{where}: 'lr' must be set")
+    knobs = check_knobs(where, cls, {k: v for k, v in block.items() if k not in ("name", "implementation")})
 
     reference = data.get("reference") or {}
     if not isinstance(reference, dict):
@@ -340,7 +498,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
         if key not in REFERENCE_KEYS:
             raise PtuningError(f"{where}: unknown key {_show('reference.' + key)}{_suggest(key, REFERENCE_KEYS)}")
         if value is not None:
-            reference[key] = _check_type(where, f"reference.{key}", value, REFERENCE_KEYS[key])
+            reference[key] = check_type(where, f"reference.{key}", value, REFERENCE_KEYS[key])
 
     return Job(
         name=name,
@@ -350,7 +508,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
         method=mname,
         implementation=impl,
         knobs=knobs,
-        settings=settings,
+        settings=Settings(**values),
         reference_accuracy=reference.get("accuracy"),
         reference_total_params=reference.get("total_params"),
         notes=descriptive.get("notes", ""),
@@ -359,13 +517,17 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
 
 def load_job_file(path: Path, defaults: dict[str, Any] | None = None) -> Job:
     path = Path(path)
+    if not JOB_NAME.match(path.stem):  # the name becomes a folder of the results and a word on command lines
+        raise PtuningError(f"{path}: a job file's name must be letters, digits, '_', '-' and '.' (not first), "
+                           f"got {_show(path.stem)}; rename the file")
     if defaults is None:
         defaults = load_defaults(path.parent) if (path.parent / DEFAULTS_FILE).exists() else load_defaults(jobs_dir())
     return parse_job(path.stem, _read_yaml(path), defaults, str(path), path)
 
 
 def job_names(directory: Path) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml") if not p.name.startswith("_"))
+    """The jobs in `directory`: its *.yaml files but `_defaults.yaml` and hidden files."""
+    return sorted(p.stem for p in directory.glob("*.yaml") if not p.name.startswith(("_", ".")))
 
 
 def load_job(ref: str, directory: Path | None = None) -> Job:
@@ -391,3 +553,20 @@ def load_all_jobs(directory: Path | None = None) -> list[Job]:
     defaults = load_defaults(directory)
     jobs = [load_job_file(directory / f"{n}.yaml", defaults) for n in job_names(directory)]
     return sorted(jobs, key=lambda j: (j.row, j.name))
+
+
+def describe_settings(defaults: dict[str, Any] | None = None) -> list[list[str]]:
+    """Rows of `ptuning settings`: key, type, allowed values, default, help."""
+    rows = []
+    for key, spec in SETTINGS.items():
+        kind = f"list of {_type_name(spec.item).split()[-1]}s" if spec.type is list else _type_name(spec.type).split()[-1]
+        if spec.optional:
+            kind += " or null"
+        allowed = ", ".join(spec.choices) if spec.choices else ""
+        if spec.minimum is not None:
+            allowed = f"> {spec.minimum:g}" if spec.exclusive_minimum else f"≥ {spec.minimum:g}"
+            if spec.maximum is not None:
+                allowed += f", ≤ {spec.maximum:.0f}"
+        default = "per job" if spec.per_job else format_value((defaults or {}).get(key)) if defaults else ""
+        rows.append([key, kind, allowed, default, spec.help])
+    return rows

@@ -22,13 +22,13 @@ def test_the_ten_rows_in_table_order_with_the_exercise_settings():
     assert [j.name for j in jobs] == ["zero_shot", *TEN]  # the untrained baseline comes first (row 0)
     assert [j.row for j in jobs] == list(range(0, 11))
     zero = jobs.pop(0)
-    assert (zero.method, zero.title, zero.lr, zero.reference_accuracy) == ("zero_shot", "Zero-shot (no training)", None, None)
+    assert (zero.method, zero.title, zero.settings.lr, zero.reference_accuracy) == ("zero_shot", "Zero-shot (no training)", None, None)
     for job in jobs:
         lr = EXERCISE_LR.get((job.method, job.implementation), EXERCISE_LR.get(job.method))
-        assert job.lr == lr, job.name
-        assert (job.batch_size, job.epochs, job.max_length, job.generate_max_length) == (32, 10, 256, 5)
-        assert job.weight_decay == 0.01 and job.precision == "auto" and job.speed == "auto"  # fp32 + faithful on CPU, see ptuning/engine/fast.py
-        assert job.model == "t5-small" and job.dataset == "stanfordnlp/imdb"
+        assert job.settings.lr == lr, job.name
+        assert (job.settings.batch_size, job.settings.epochs, job.settings.max_length, job.settings.generate_max_length) == (32, 10, 256, 5)
+        assert job.settings.weight_decay == 0.01 and job.settings.precision == "auto" and job.settings.speed == "auto"  # fp32 + faithful on CPU, see ptuning/engine/fast.py
+        assert job.settings.model == "t5-small" and job.settings.dataset == "stanfordnlp/imdb"
         assert job.reference_accuracy is not None and job.reference_total_params is not None
     assert load_job("full_ft", JOBS).reference_total_params == 60_506_624
     assert load_job("lora_1_peft", JOBS).knobs["rank"] == 1
@@ -127,12 +127,12 @@ def test_method_rules_beyond_a_minimum_are_checked_on_load(tmp_path):
 
 def test_a_good_file_loads_with_defaults_filled_in(tmp_path):
     job = load_job_file(write(tmp_path, GOOD))
-    assert job.name == "job" and job.method == "full" and job.lr == 1e-5 and job.batch_size == 32
+    assert job.name == "job" and job.method == "full" and job.settings.lr == 1e-5 and job.settings.batch_size == 32
 
 
 def test_yaml_1e_minus_5_without_dot_is_read_as_a_number(tmp_path):
     job = load_job_file(write(tmp_path, GOOD.replace("1.0e-5", "1e-5")))
-    assert job.lr == 1e-5
+    assert job.settings.lr == 1e-5
 
 
 def test_unknown_job_name_lists_the_nearest():
@@ -149,9 +149,9 @@ def test_job_by_path(tmp_path):
 
 def test_overrides_are_validated():
     job = load_job("full_ft", JOBS)
-    quick = job.override(epochs=2, train_limit=100, model=None)
-    assert quick.epochs == 2 and quick.train_limit == 100 and quick.model == "t5-small"
-    assert job.epochs == 10  # the original is unchanged
+    quick = job.override(epochs=2, train_limit=100)
+    assert quick.settings.epochs == 2 and quick.settings.train_limit == 100 and quick.settings.model == "t5-small"
+    assert job.settings.epochs == 10  # the original is unchanged
     with pytest.raises(PtuningError, match="'epochs' must be at least 1"):
         job.override(epochs=0)
     with pytest.raises(PtuningError, match="'train_limit' must be at least 1"):
@@ -162,7 +162,7 @@ def test_seeds_expand_to_one_job_per_seed(tmp_path):
     job = load_job_file(write(tmp_path, GOOD + "seeds: [2, 0, 5]\n"))
     assert job.seed_list == [2, 0, 5]
     runs = [job.for_seed(s) for s in job.seed_list]
-    assert [(r.seed, r.seeds, r.seed_list) for r in runs] == [(2, None, [2]), (0, None, [0]), (5, None, [5])]
+    assert [(r.settings.seed, r.settings.seeds, r.seed_list) for r in runs] == [(2, None, [2]), (0, None, [0]), (5, None, [5])]
     assert load_job("full_ft", JOBS).seed_list == [0]
     assert load_job("full_ft", JOBS).override(seeds=[3, 4]).seed_list == [3, 4]
     defaults = load_defaults(JOBS)
@@ -171,4 +171,4 @@ def test_seeds_expand_to_one_job_per_seed(tmp_path):
 
 def test_a_method_that_does_not_train_needs_no_learning_rate(tmp_path):
     job = load_job_file(write(tmp_path, "title: Z\nrow: 0\nmethod: {name: zero_shot, implementation: hand}\n"))
-    assert job.lr is None and job.config()["lr"] is None
+    assert job.settings.lr is None and job.config()["lr"] is None

@@ -72,9 +72,9 @@ def check(path, defaults) -> None:
         return
     assert isinstance(job, Job)
     assert isinstance(job.title, str) and isinstance(job.row, int) and isinstance(job.method, str)
-    assert isinstance(job.lr, float) and math.isfinite(job.lr) and job.lr > 0
-    assert isinstance(job.epochs, int) and job.epochs >= 1
-    assert len(job.labels) == 2 and all(isinstance(w, str) for w in job.labels)
+    assert isinstance(job.settings.lr, float) and math.isfinite(job.settings.lr) and job.settings.lr > 0
+    assert isinstance(job.settings.epochs, int) and job.settings.epochs >= 1
+    assert len(job.settings.labels) == 2 and all(isinstance(w, str) for w in job.settings.labels)
     job.config()  # serialisable summary never fails
 
 

@@ -95,7 +95,7 @@ class Plan:
 
 
 def _setting(job, key: str, default):
-    return job.settings.get(key, default) if hasattr(job, "settings") else getattr(job, key, default)
+    return getattr(job.settings, key, default)
 
 
 def plan(job, device: torch.device, echo: Callable[[str], None] | None = None) -> Plan:
@@ -115,7 +115,7 @@ def plan(job, device: torch.device, echo: Callable[[str], None] | None = None) -
         precision=precision,
         compile=want_compile,
         graphs=fast and cuda and not want_compile and bool(_setting(job, "cuda_graphs", True)),
-        eval_batch_size=_setting(job, "fast_eval_batch_size", FAST_EVAL_BATCH_SIZE) if fast else job.eval_batch_size,
+        eval_batch_size=_setting(job, "fast_eval_batch_size", FAST_EVAL_BATCH_SIZE) if fast else job.settings.eval_batch_size,
         pin_memory=cuda,
         fused_adamw=fast and cuda,
         sync_every=SYNC_EVERY if fast and cuda else 1,
@@ -343,10 +343,10 @@ def train_loader(job, dataset, tokenizer, the_plan: Plan, generator: torch.Gener
     """The training DataLoader of the plan: same shuffling (same generator) as the faithful loader."""
     if the_plan.compile or the_plan.graphs:  # static shapes: a few input lengths, one label length
         label_length = max(len(y) for y in dataset.targets) if hasattr(dataset, "targets") else None
-        collate = BucketCollator(tokenizer.pad_token_id, default_buckets(job.max_length), label_length)
+        collate = BucketCollator(tokenizer.pad_token_id, default_buckets(job.settings.max_length), label_length)
     else:
         collate = Collator(tokenizer.pad_token_id)
-    return torch.utils.data.DataLoader(dataset, batch_size=job.batch_size, shuffle=True, generator=generator,
+    return torch.utils.data.DataLoader(dataset, batch_size=job.settings.batch_size, shuffle=True, generator=generator,
                                        collate_fn=collate, pin_memory=the_plan.pin_memory)
 
 

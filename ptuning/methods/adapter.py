@@ -39,7 +39,7 @@ def feed_forward_layers(model: nn.Module) -> list[nn.Module]:
 class HandAdapter(Method):
     name = "adapter"
     implementation = "hand"
-    knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b")}
+    knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b", maximum=2**16)}
     artifact = "adapter.pt"
 
     def apply(self, model: nn.Module) -> nn.Module:

@@ -51,7 +51,7 @@ class AdapterHubBottleneck(LibraryMethod):
     name = "adapter"
     implementation = "adapterhub"
     library = "adapterhub"
-    knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b (reduction factor d/b)")}
+    knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b (reduction factor d/b)", maximum=2**16)}
     artifact = "adapter"  # a directory written by save_adapter
 
     def knob_summary(self) -> str:

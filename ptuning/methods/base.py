@@ -16,12 +16,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Knob:
-    """One job-file field of a method: its type, default (None = required) and smallest allowed value."""
+    """One job-file field of a method: its type, default (None = required) and allowed range."""
 
     type: type
     default: Any = None
     minimum: float | None = None
     help: str = ""
+    maximum: float | None = None
 
 
 class Method:
@@ -75,6 +76,8 @@ class Method:
             value = spec.type(value)
             if spec.minimum is not None and value < spec.minimum:
                 raise PtuningError(f"{where}: knob {key!r} must be >= {spec.minimum}, got {value!r}")
+            if spec.maximum is not None and value > spec.maximum:
+                raise PtuningError(f"{where}: knob {key!r} must be <= {spec.maximum}, got {value!r}")
             out[key] = value
         return out
 

@@ -45,7 +45,7 @@ class HandLoRA(Method):
     name = "lora"
     implementation = "hand"
     knobs = {
-        "rank": Knob(int, None, 1, "LoRA rank r"),
+        "rank": Knob(int, None, 1, "LoRA rank r", maximum=2**16),
         "alpha": Knob(float, 4.0, None, "LoRA alpha (scaling alpha/r), > 0"),
     }
     artifact = "lora.pt"

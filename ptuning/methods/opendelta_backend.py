@@ -43,7 +43,7 @@ class OpenDeltaSoftPrompt(LibraryMethod):
     name = "soft_prompt"
     implementation = "opendelta"
     library = "opendelta"
-    knobs = {"tokens": Knob(int, None, 1, "number of soft-prompt vectors n")}
+    knobs = {"tokens": Knob(int, None, 1, "number of soft-prompt vectors n", maximum=2**16)}
     artifact = "prompts.pt"
 
     @classmethod

@@ -32,7 +32,7 @@ class PeftLoRA(LibraryMethod):
     implementation = "peft"
     library = "peft"
     knobs = {
-        "rank": Knob(int, None, 1, "LoRA rank r"),
+        "rank": Knob(int, None, 1, "LoRA rank r", maximum=2**16),
         "alpha": Knob(float, 4.0, None, "LoRA alpha (scaling alpha/r), > 0"),
         "dropout": Knob(float, 0.1, 0.0, "dropout on the LoRA input, in [0, 1)"),
     }

@@ -37,7 +37,7 @@ class PromptedEmbedding(nn.Module):
 class HandSoftPrompt(Method):
     name = "soft_prompt"
     implementation = "hand"
-    knobs = {"tokens": Knob(int, None, 1, "number of prompt vectors n")}
+    knobs = {"tokens": Knob(int, None, 1, "number of prompt vectors n", maximum=2**16)}
     artifact = "prompts.pt"
 
     def placeholder_tokens(self) -> int:

@@ -25,8 +25,8 @@ def _partial_run(result: dict[str, Any], job) -> str | None:
     """Why a result does not count as a reproduction of the full protocol, or None."""
     config = result.get("config") or {}
     limits = [f"{key}={config[key]}" for key in ("train_limit", "eval_limit") if config.get(key) is not None]
-    want_epochs = getattr(job, "epochs", None)
-    if want_epochs is not None and config.get("epochs") not in (None, want_epochs):
+    want_epochs = job.settings.epochs
+    if config.get("epochs") not in (None, want_epochs):
         limits.append(f"epochs={config['epochs']} (job file: {want_epochs})")
     return ", ".join(limits) or None
 

@@ -25,10 +25,6 @@ RESULT_FILE = "result.json"
 PACKAGES = ("ptuning", "torch", "transformers", "tokenizers", "datasets", "adapters", "peft", "opendelta", "huggingface_hub")
 
 
-#: evaluation protocols, in table order (ptuning/protocol.py implements them; results record the name)
-PROTOCOLS = ("faithful", "heldout")
-
-
 def run_dir(output_dir: Path, job_name: str, seed: int, protocol: str = "faithful") -> Path:
     prefix = "" if protocol == "faithful" else f"{protocol}-"
     return Path(output_dir) / job_name / f"{prefix}seed{seed}"

@@ -204,7 +204,7 @@ class Row:
 
 def rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
     """Table rows in job order; within a job, faithful before heldout; a job with no results is one row."""
-    from ptuning.report.results import PROTOCOLS
+    from ptuning.protocol import PROTOCOLS
 
     out = []
     for job in jobs:

@@ -18,11 +18,12 @@ from typing import Callable, Sequence
 
 
 def child_command(job_name: str, jobs_dir: Path | None, options: Sequence[str]) -> list[str]:
-    """The command line of one child: `python -m ptuning.cli [--jobs-dir D] run JOB OPTIONS...`."""
+    """The command line of one child: `python -m ptuning.cli [--jobs-dir D] run OPTIONS... -- JOB` (the name after
+    `--`, so that no job name is read as an option)."""
     cmd = [sys.executable, "-m", "ptuning.cli"]
     if jobs_dir is not None:
         cmd += ["--jobs-dir", str(Path(jobs_dir).resolve())]
-    return cmd + ["run", job_name, *options]
+    return cmd + ["run", *options, "--", job_name]
 
 
 def child_env(concurrency: int, device: str | None) -> dict[str, str]:

@@ -77,9 +77,9 @@ def seed_everything(seed: int) -> None:
 def splits_for(job: Job, cache: dict | None = None):
     """The job's dataset splits, loaded once per process (or per `cache`) and shared by the jobs that name it."""
     cache = _SPLITS if cache is None else cache
-    key = (job.dataset, job.dataset_config)
+    key = (job.settings.dataset, job.settings.dataset_config)
     if key not in cache:
-        cache[key] = data_mod.load_splits(job.dataset, job.dataset_config)
+        cache[key] = data_mod.load_splits(job.settings.dataset, job.settings.dataset_config)
     return cache[key]
 
 
@@ -116,10 +116,10 @@ def run_job(
     device = resolve_device(device_name)
     check_writable(output_dir)
     method = build_method(job.method, job.implementation, job.knobs)
-    n_epochs = job.epochs if method.trains else 0
+    n_epochs = job.settings.epochs if method.trains else 0
     config = job.config()
     config["epochs"] = n_epochs
-    rdir = results_mod.run_dir(output_dir, job.name, job.seed, job.protocol)
+    rdir = results_mod.run_dir(output_dir, job.name, job.settings.seed, job.settings.protocol)
     result_path = rdir / results_mod.RESULT_FILE
     ckpt_path = rdir / checkpoint.CHECKPOINT_FILE
     action, found = checkpoint.plan(rdir, config, force)
@@ -129,12 +129,12 @@ def run_job(
     if stop is not None:
         stop.check(f"{job.name} had not started; nothing new was saved")
     entered = time.perf_counter()
-    seed_everything(job.seed)
+    seed_everything(job.settings.seed)
 
     check_library = getattr(method, "check_library", None)
     if check_library is not None:  # a missing library fails before the model loads
         check_library()
-    model, tokenizer = load_model(job.model)
+    model, tokenizer = load_model(job.settings.model)
     base_total, _ = count_parameters(model)
     model = method.apply(model)
     total, trainable = count_parameters(model)
@@ -151,15 +151,15 @@ def run_job(
 
     train_set, eval_sets = protocol_mod.build_datasets(job, tokenizer, method.placeholder_tokens(), splits_for(job))
     collate = data_mod.Collator(tokenizer.pad_token_id)
-    generator = torch.Generator().manual_seed(job.seed)
+    generator = torch.Generator().manual_seed(job.settings.seed)
     pin = device.type == "cuda"
     speed = fast.plan(job, device, echo)  # fast or faithful path (see ptuning/engine/fast.py)
     if speed.fast:
         train_loader = fast.train_loader(job, train_set, tokenizer, speed, generator)
     else:
-        train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=job.settings.batch_size, shuffle=True, generator=generator, collate_fn=collate, pin_memory=pin)
     eval_loaders = {
-        split: torch.utils.data.DataLoader(ds, batch_size=job.eval_batch_size, shuffle=False, collate_fn=collate, pin_memory=pin)
+        split: torch.utils.data.DataLoader(ds, batch_size=job.settings.eval_batch_size, shuffle=False, collate_fn=collate, pin_memory=pin)
         for split, ds in eval_sets.items()
     }
 
@@ -168,18 +168,18 @@ def run_job(
     if method.trains:
         trainable_params = [p for _, p in method.trainable_parameters(model)]
         if speed.fast:
-            optimizer = fast.make_optimizer(trainable_params, job.lr, job.weight_decay, speed)
+            optimizer = fast.make_optimizer(trainable_params, job.settings.lr, job.settings.weight_decay, speed)
             loss_fn = fast.LossFn(model, speed.compile, echo)
             if speed.graphs:  # forward, backward and update replayed as CUDA graphs (ptuning/engine/graphs.py)
                 graphed = GraphedTrainStep(model, optimizer, device, speed.precision, lambda m: echo(f"[{job.name}] {m}"))
         else:
-            optimizer = make_optimizer(trainable_params, job.lr, job.weight_decay)
+            optimizer = make_optimizer(trainable_params, job.settings.lr, job.settings.weight_decay)
     generation_model = method.generation_model(model)
     reset_peak_memory(device)
 
     echo(f"[{job.name}] {job.title} ({job.knob_summary}): {trainable:,} trainable of {total:,} parameters; "
          f"{len(train_set):,} train / {', '.join(f'{len(ds):,} {s}' for s, ds in eval_sets.items())} reviews on {device}, "
-         f"{job.protocol} protocol, seed {job.seed}, {'fast' if speed.fast else 'faithful'} path, {speed.precision}")
+         f"{job.settings.protocol} protocol, seed {job.settings.seed}, {'fast' if speed.fast else 'faithful'} path, {speed.precision}")
 
     epochs: list[dict[str, Any]] = []
     steps_per_epoch = len(train_loader)
@@ -245,10 +245,10 @@ def run_job(
                 key = "accuracy" if split == "test" else "val_accuracy"  # "accuracy" is always the test split's
                 description = f"{job.name} eval {split} {epoch}"
                 if speed.fast:
-                    record[key] = fast.evaluate(generation_model, eval_sets[split], tokenizer, list(job.labels), device, speed.eval_batch_size,
-                                                job.generate_max_length, speed.precision, description)
+                    record[key] = fast.evaluate(generation_model, eval_sets[split], tokenizer, list(job.settings.labels), device, speed.eval_batch_size,
+                                                job.settings.generate_max_length, speed.precision, description)
                 else:
-                    record[key] = evaluate(generation_model, loader, tokenizer, list(job.labels), device, job.generate_max_length, speed.precision, description)
+                    record[key] = evaluate(generation_model, loader, tokenizer, list(job.settings.labels), device, job.settings.generate_max_length, speed.precision, description)
             t2 = time.perf_counter()
             record.update(train_seconds=start_seconds + t1 - t0, eval_seconds=t2 - t1)
             epochs.append(record)
@@ -266,7 +266,7 @@ def run_job(
         raise PtuningError(f"{reason}; recorded as failed in {result_path}") from None
 
     best = max(epochs, key=lambda e: e["accuracy"])  # first epoch reaching the max
-    selection = protocol_mod.select(epochs, job.protocol)
+    selection = protocol_mod.select(epochs, job.settings.protocol)
     rdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     artifact = atomic_save(rdir / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None

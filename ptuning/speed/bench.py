@@ -324,14 +324,12 @@ def time_startup(device: torch.device) -> float:
     return seconds
 
 
-class _JobLike:
+def _JobLike(job, precision: str, compile: bool, fast_eval_batch_size: int, cuda_graphs: bool = True):
     """A job with the fast path's settings replaced (for `fast.plan`)."""
+    import dataclasses
 
-    def __init__(self, job, precision: str, compile: bool, fast_eval_batch_size: int, cuda_graphs: bool = True):
-        self.name = job.name
-        self.eval_batch_size = job.eval_batch_size
-        self.settings = {**job.settings, "speed": "fast", "precision": precision, "compile": compile,
-                         "fast_eval_batch_size": fast_eval_batch_size, "cuda_graphs": cuda_graphs}
+    return dataclasses.replace(job, settings=dataclasses.replace(job.settings, speed="fast", precision=precision, compile=compile,
+                                                                 fast_eval_batch_size=fast_eval_batch_size, cuda_graphs=cuda_graphs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +482,7 @@ def run_bench(device: torch.device, size: str = "small", steps: int = 5, rows: S
                 echo(f"bench: {job.name}, {path} path: {warmup} warm-up + {steps} timed steps, {eval_reviews} eval reviews, "
                      f"a checkpoint and the parameters written, on {device}")
                 r = bench_path(path, job, config, train, warm, evals, device, batch_size, seed, precision, compile,
-                               job.eval_batch_size, job.settings.get("fast_eval_batch_size"), cuda_graphs, scratch=scratch)
+                               job.settings.eval_batch_size, job.settings.fast_eval_batch_size, cuda_graphs, scratch=scratch)
                 r.load_seconds, r.startup_seconds = load, startup
                 pair.append(r)
             results[job.name] = tuple(pair)
@@ -636,8 +634,8 @@ def _worker(argv: list[str] | None = None) -> int:
     config = sized_config(a.size)
     job = load_job(a.row, Path(a.jobs_dir) if a.jobs_dir else None)
     train, warm, evals = bench_data(job, config, a.steps, default_warmup(device), a.eval_reviews, a.batch_size, a.max_length, a.seed)
-    r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.eval_batch_size,
-                   job.settings.get("fast_eval_batch_size"), not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
+    r = bench_path("fast", job, config, train, warm, evals, device, a.batch_size, a.seed, a.precision, False, job.settings.eval_batch_size,
+                   job.settings.fast_eval_batch_size, not a.no_cuda_graphs, file_barrier(Path(a.barrier), a.index, a.count))
     Path(a.output).write_text(json.dumps({"step_seconds": r.step_seconds, "eval_seconds": r.eval_seconds, "windows": r.windows,
                                           "setup_seconds": r.setup_seconds, "peak_memory_bytes": r.peak_reserved or r.peak_memory,
                                           "description": r.description}))

@@ -246,7 +246,7 @@ def test_fast_training_matches_the_faithful_loop():
 def test_plan_resolves_auto_per_device():
     job = load_job("full_ft", JOBS)
     cpu = fast.plan(job, CPU)
-    assert (cpu.fast, cpu.precision, cpu.compile, cpu.eval_batch_size) == (False, "fp32", False, job.eval_batch_size)
+    assert (cpu.fast, cpu.precision, cpu.compile, cpu.eval_batch_size) == (False, "fp32", False, job.settings.eval_batch_size)
     messages = []
     forced = fast.plan(job.override(speed="fast", compile=True), CPU, messages.append)
     assert forced.fast and forced.precision == "fp32" and not forced.compile and "CUDA only" in messages[0]

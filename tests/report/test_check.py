@@ -125,9 +125,9 @@ def test_partial_run_does_not_count(tmp_path, jobs):
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
     assert not ok
     assert "not a full-protocol run" in lines[0] and "train_limit=256" in lines[0]
-    write(tmp_path, job, job.reference_accuracy, epochs=job.epochs - 1)  # fewer epochs alone is a partial run too
+    write(tmp_path, job, job.reference_accuracy, epochs=job.settings.epochs - 1)  # fewer epochs alone is a partial run too
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
-    assert not ok and f"not a full-protocol run (epochs={job.epochs - 1} (job file: {job.epochs}))" in lines[0]
+    assert not ok and f"not a full-protocol run (epochs={job.settings.epochs - 1} (job file: {job.settings.epochs}))" in lines[0]
 
 
 def test_empty_results_dir_fails_and_missing_dir_is_an_error(tmp_path, jobs):
