@@ -153,17 +153,16 @@ def _parse_rows(ctx, param, value: str) -> list[str]:
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
 
-    Holds the output directory's lock; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
+    Each run locks its own run directory; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
     """
     from ptuning.run.interrupt import StopRequest
-    from ptuning.run.lock import OutputLock
     from ptuning.run.runner import resolve_device, run_job
 
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     values = overrides(kwargs)
     jobs = [job.override(values) for job in jobs]  # validate every override first
     failures = []
-    with OutputLock(Path(kwargs["output_dir"])), StopRequest() as stop:
+    with StopRequest() as stop:
         for job in jobs:
             for seed in job.seed_list:
                 label = job.name if len(job.seed_list) == 1 else f"{job.name} seed {seed}"
@@ -189,10 +188,8 @@ def child_options(kwargs: dict) -> list[str]:
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
-    import os
     import signal
 
-    from ptuning.run.lock import INHERIT_ENV, OutputLock
     from ptuning.run.parallel import run_concurrently
     from ptuning.run.runner import check_writable, resolve_device
 
@@ -207,14 +204,11 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        with OutputLock(output_dir):  # the children share it (they see our pid in INHERIT_ENV)
-            os.environ[INHERIT_ENV] = str(os.getpid())
-            click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
-            return run_concurrently([j.name for j in jobs], child_options(kwargs), output_dir, concurrency,
-                                    jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
+    try:  # each child locks the run directories it runs
+        click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
+        return run_concurrently([j.name for j in jobs], child_options(kwargs), output_dir, concurrency,
+                                jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
     finally:
-        os.environ.pop(INHERIT_ENV, None)
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -19,29 +19,21 @@ What it changes, and what it does not (see README "Speed"):
 * Unchanged: batch size, optimizer and its hyper-parameters, learning rates, number of steps, data order,
   dropout in train mode.
 
-`plan(job, device)` turns the job's `speed` / `precision` / `compile` settings into one `Plan`:
-`speed: auto` is fast on CUDA and faithful on CPU; `precision: auto` is bf16 on the fast path on CUDA and
-fp32 otherwise; `speed: faithful` with `precision: auto` is exactly the exercise's loop (fp32, eager,
-dynamic padding, `generate` at `eval_batch_size`).
+`FastEngine` puts these together behind the engine interface (`ptuning.engine.base.Engine`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from ptuning.data import IGNORE_INDEX, Collator
-from ptuning.engine.train import NonFiniteLoss, StopEpoch, autocast
+from ptuning.engine.base import Engine, Plan, StopEpoch, accuracy, autocast, check_loss
 from ptuning.errors import one_line
-
-#: on CUDA, read the losses back (and check them) every this many steps instead of every step
-SYNC_EVERY = 50
 #: the fast evaluation's batch (`fast_eval_batch_size`): sorted batches of 256 reviews of up to 256 tokens keep a
 #: GPU busy, and the encoder's attention temporaries grow with the batch ([batch, 8 heads, 256, 256] in fp32 for
 #: the softmax and the position bias plus mask); on CPU in fp32 a t5-small greedy pass held about 10 MiB more per
@@ -74,59 +66,10 @@ _NEUTRAL = {
 
 
 # ---------------------------------------------------------------------------------------------
-# the plan
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one run trains and evaluates: resolved from the job settings and the device."""
-
-    fast: bool
-    precision: str  # "fp32" or "bf16"
-    compile: bool  # torch.compile(mode="reduce-overhead") over length buckets (CUDA only)
-    graphs: bool  # the whole training step as CUDA graphs over length buckets (CUDA only; ptuning.engine.graphs)
-    eval_batch_size: int
-    pin_memory: bool
-    fused_adamw: bool
-    sync_every: int
-
-    def describe(self) -> dict[str, Any]:
-        return {"path": "fast" if self.fast else "faithful", **asdict(self)}
-
-
-def _setting(job, key: str, default):
-    return getattr(job.settings, key, default)
-
-
-def plan(job, device: torch.device, echo: Callable[[str], None] | None = None) -> Plan:
-    speed = _setting(job, "speed", "faithful")
-    fast = speed == "fast" or (speed == "auto" and device.type == "cuda")
-    precision = _setting(job, "precision", "fp32")
-    if precision == "auto":
-        precision = "bf16" if fast and device.type == "cuda" else "fp32"
-    want_compile = bool(_setting(job, "compile", False)) and fast
-    if want_compile and device.type != "cuda":
-        if echo:
-            echo(f"[{job.name}] compile: true is for CUDA only; training eagerly on {device}")
-        want_compile = False
-    cuda = device.type == "cuda"
-    return Plan(
-        fast=fast,
-        precision=precision,
-        compile=want_compile,
-        graphs=fast and cuda and not want_compile and bool(_setting(job, "cuda_graphs", True)),
-        eval_batch_size=_setting(job, "fast_eval_batch_size", FAST_EVAL_BATCH_SIZE) if fast else job.settings.eval_batch_size,
-        pin_memory=cuda,
-        fused_adamw=fast and cuda,
-        sync_every=SYNC_EVERY if fast and cuda else 1,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # evaluation: exact greedy decoding with the KV cache
 
 
-def _core_model(model):
+def core_model(model):
     """The module whose forward runs the adapted T5: a PEFT LoRA wrapper's base model, else the model."""
     get_base = getattr(model, "get_base_model", None)
     if callable(get_base) and hasattr(model, "peft_config"):
@@ -139,7 +82,7 @@ def fallback_reason(model) -> str | None:
     active = getattr(model, "active_peft_config", None)
     if active is not None and getattr(active, "is_prompt_learning", False):
         return "PEFT prompt learning changes generate's inputs"
-    core = _core_model(model)
+    core = core_model(model)
     config = getattr(core, "config", None)
     if config is None or not getattr(config, "is_encoder_decoder", False):
         return "not an encoder-decoder model"
@@ -153,7 +96,7 @@ def fallback_reason(model) -> str | None:
 
 
 def _special_ids(model) -> tuple[int, list[int], int]:
-    core = _core_model(model)
+    core = core_model(model)
     gc = getattr(core, "generation_config", None)
     cfg = core.config
 
@@ -192,7 +135,7 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     The attention mask is cloned: OpenDelta's soft prompt grows the mask it is given in place, and the
     grown clone is what the later steps must see.
     """
-    core = _core_model(model)
+    core = core_model(model)
     start, eos, pad = _special_ids(model)
     mask = attention_mask.clone()
     n = input_ids.shape[0]
@@ -304,8 +247,6 @@ def fast_predict(model, dataset, tokenizer, device: torch.device, batch_size: in
 
 def evaluate(model, dataset, tokenizer, label_words: list[str], device: torch.device, batch_size: int = FAST_EVAL_BATCH_SIZE,
              max_length: int = 5, precision: str = "fp32", description: str = "eval") -> float:
-    from ptuning.engine.evaluate import accuracy
-
     predictions, golds = fast_predict(model, dataset, tokenizer, device, batch_size, max_length, precision, description)
     return accuracy(predictions, golds, label_words)
 
@@ -337,17 +278,6 @@ class BucketCollator(Collator):
         length = max(len(x) for x, _ in batch)
         target = next((b for b in self.buckets if b >= length), length)
         return self.pad(batch, target, max(max(len(y) for _, y in batch), self.label_length or 0))
-
-
-def train_loader(job, dataset, tokenizer, the_plan: Plan, generator: torch.Generator):
-    """The training DataLoader of the plan: same shuffling (same generator) as the faithful loader."""
-    if the_plan.compile or the_plan.graphs:  # static shapes: a few input lengths, one label length
-        label_length = max(len(y) for y in dataset.targets) if hasattr(dataset, "targets") else None
-        collate = BucketCollator(tokenizer.pad_token_id, default_buckets(job.settings.max_length), label_length)
-    else:
-        collate = Collator(tokenizer.pad_token_id)
-    return torch.utils.data.DataLoader(dataset, batch_size=job.settings.batch_size, shuffle=True, generator=generator,
-                                       collate_fn=collate, pin_memory=the_plan.pin_memory)
 
 
 def make_optimizer(params, lr: float, weight_decay: float, the_plan: Plan) -> torch.optim.Optimizer:
@@ -396,10 +326,10 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
                 step: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> float:
     """One pass over `loader` on the fast path; returns the mean training loss.
 
-    Same update as `ptuning.engine.train.train_epoch`. On CUDA the losses are read back every `sync_every` steps,
+    Same update as `ptuning.engine.faithful.train_epoch`. On CUDA the losses are read back every `sync_every` steps,
     so the CPU queues work ahead of the GPU; a non-finite loss then raises `NonFiniteLoss` naming its step,
     up to `sync_every - 1` optimizer steps after it happened (the run is lost either way).
-    `start_step`/`start_total`/`should_stop` resume and stop an epoch exactly as in `ptuning.engine.train.train_epoch`:
+    `start_step`/`start_total`/`should_stop` resume and stop an epoch exactly as in `ptuning.engine.faithful.train_epoch`:
     before raising `StopEpoch`, every pending loss is read back, so the reported step is the last one applied.
     `step` (a `ptuning.engine.graphs.GraphedTrainStep`) does forward, backward and update in one call, used instead
     of `loss_fn`; its loss is checked after the update, also on CPU.
@@ -420,8 +350,7 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
         pending.clear()
         for value in values:
             steps += 1
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss is {value} at step {steps} of {description}")
+            check_loss(value, steps, description)
             total += value
             if on_step is not None:
                 on_step(steps, value)
@@ -451,3 +380,74 @@ def train_epoch(model, loader, optimizer, device: torch.device, the_plan: Plan, 
             raise StopEpoch(steps, total)
     flush()
     return total / max(steps, 1)
+
+
+class FastEngine(Engine):
+    """The fast path: static length buckets and CUDA graphs (or torch.compile) on CUDA, bf16 autocast, fused AdamW,
+    losses read back every `sync_every` steps, and the KV-cached greedy decode over length-sorted batches."""
+
+    name = "fast"
+
+    def __init__(self, plan: Plan, settings, device: torch.device, echo: Callable[[str], None] | None = None) -> None:
+        super().__init__(plan, settings, device, echo)
+        self._model = self._optimizer = None
+        self._loss_fn: LossFn | None = None
+        self._step = None  # a GraphedTrainStep, with `graphs`
+
+    def collator(self, dataset, pad_id: int):
+        if not self.plan.buckets:
+            return Collator(pad_id)
+        # static shapes: a few input lengths, one label length
+        label_length = max(len(y) for y in dataset.targets) if hasattr(dataset, "targets") else None
+        return BucketCollator(pad_id, default_buckets(self.max_length), label_length)
+
+    def optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return make_optimizer(params, lr, weight_decay, self.plan)
+
+    def _machinery(self, model, optimizer) -> None:
+        """The loss function and (with graphs) the graphed step of this model and optimizer, made once."""
+        if model is self._model and optimizer is self._optimizer:
+            return
+        from ptuning.engine.graphs import GraphedTrainStep
+
+        self._model, self._optimizer = model, optimizer
+        self._loss_fn = LossFn(model, self.plan.compile, self.echo)
+        self._step = GraphedTrainStep(model, optimizer, self.device, self.plan.precision, self.echo) if self.plan.graphs else None
+
+    def train_epoch(self, model, loader, optimizer, *, description="train", start_step=0, start_total=0.0, should_stop=None,
+                    on_step=None) -> float:
+        self._machinery(model, optimizer)
+        return train_epoch(model, loader, optimizer, self.device, self.plan, description, on_step=on_step, loss_fn=self._loss_fn,
+                           start_step=start_step, start_total=start_total, should_stop=should_stop, step=self._step)
+
+    def predict(self, model, dataset, tokenizer, description="eval"):
+        return fast_predict(model, dataset, tokenizer, self.device, self.plan.eval_batch_size, self.generate_max_length,
+                            self.plan.precision, description)
+
+    def evaluate(self, model, dataset, tokenizer, label_words, description="eval") -> float:
+        return accuracy(*self.predict(model, dataset, tokenizer, description), label_words)
+
+    def describe(self) -> dict:
+        graphs = {"cuda_graphs": self._step.describe()} if self._step is not None else {}
+        return {**self.plan.describe(), **graphs}
+
+    def summary(self) -> str:
+        plan = self.plan
+        parts = [plan.precision]
+        if plan.compile:
+            parts.append("torch.compile over length buckets")
+        elif plan.graphs:
+            parts.append("CUDA graphs over length buckets")
+        else:
+            parts.append("eager, dynamic padding")
+        if plan.fused_adamw:
+            parts.append("fused AdamW")
+        if plan.sync_every > 1:
+            parts.append(f"loss read every {plan.sync_every} steps")
+        parts.append(f"KV-cached greedy, sorted batches of {plan.eval_batch_size}")
+        return ", ".join(parts)
+
+    @property
+    def graphed_step(self):
+        """The GraphedTrainStep in use (None without graphs, or before training)."""
+        return self._step

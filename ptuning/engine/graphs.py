@@ -48,9 +48,9 @@ def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
 
 def decoder_special_ids(model) -> tuple[int, int]:
     """(decoder_start_token_id, pad_token_id) of the T5 inside `model` (a PEFT wrapper's base model too)."""
-    from ptuning.engine.fast import _core_model
+    from ptuning.engine.fast import core_model
 
-    config = _core_model(model).config
+    config = core_model(model).config
     start, pad = config.decoder_start_token_id, config.pad_token_id
     if start is None or pad is None:
         raise ValueError("the model config has no decoder_start_token_id / pad_token_id")

@@ -1,8 +1,16 @@
-"""One run at a time per output directory: `<output-dir>/.ptuning.run.lock`, held with `fcntl.flock`.
+"""One run at a time per run directory: `<run_dir>/.ptuning.lock`, held with `fcntl.flock`.
 
-The lock belongs to the open file, so the kernel drops it when the process dies, even by SIGKILL:
-a lock file left behind by a killed run never blocks the next one. The file holds the holder's
-pid, which a refused run names. It is removed on a clean exit.
+A run directory is one job, one seed, one protocol (`<output-dir>/<job>/seed<N>/`, `heldout-seed<N>/`), so
+different runs sharing an output folder (`run-all --concurrency`, SLURM array tasks) proceed together, while the
+same job and seed started twice at once is refused.
+
+The lock belongs to the open file, so the kernel drops it when the process dies, even by SIGKILL: a lock file left
+behind by a killed run never blocks the next one. The file holds the holder's pid, which a refused run names. It is
+removed on a clean exit, with the folders the lock created if they are still empty. The lock file is opened without
+following a symbolic link: a link planted in a shared output folder cannot make ptuning write elsewhere.
+
+`flock` is reliable on a local filesystem; across machines it depends on the filesystem (NFS emulates it with
+byte-range locks, Lustre needs the `flock` mount option), which is why a cluster runs each run as one task.
 """
 
 from __future__ import annotations
@@ -14,41 +22,45 @@ from pathlib import Path
 
 from ptuning.errors import PtuningError
 
-LOCK_FILE = ".ptuning.run.lock"
-#: set by `run-all --concurrency` for its children: the pid of the parent that holds the lock
-INHERIT_ENV = "PTUNING_LOCK_HOLDER"
+LOCK_FILE = ".ptuning.lock"
 
 
-class OutputLock:
+class RunLock:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
         self.fd: int | None = None
-        self.created_dir = False
+        self.created: list[Path] = []  # folders this lock made, deepest last
 
     def _unwritable(self, exc: OSError) -> PtuningError:
         return PtuningError(
-            f"cannot write to output directory {self.directory}: {exc.strerror or exc}; pass --output-dir with a writable directory"
+            f"cannot write to run directory {self.directory}: {exc.strerror or exc}; pass --output-dir with a writable directory"
         )
 
-    def acquire(self) -> "OutputLock":
-        inherited = os.environ.get(INHERIT_ENV)
-        if inherited:  # a child of `run-all --concurrency`: its parent holds this directory's lock
-            try:
-                if self.path.read_text().strip() == inherited:
-                    return self
-            except OSError:
-                pass
+    def _make_directory(self) -> None:
+        missing = []
+        folder = self.directory
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            folder.mkdir()
+            self.created.append(folder)
+
+    def acquire(self) -> "RunLock":
         try:
-            self.created_dir = not self.directory.exists()
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self._make_directory()
         except OSError as exc:
+            self._cleanup_dirs()
             raise self._unwritable(exc) from None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                self._cleanup_dir()
+                self._cleanup_dirs()
+                if exc.errno == errno.ELOOP:
+                    raise PtuningError(f"{self.path} is a symbolic link; ptuning does not follow it (remove it, or pass another "
+                                       "--output-dir)") from None
                 raise self._unwritable(exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,40 +71,50 @@ class OutputLock:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise PtuningError(
-                    f"output directory {self.directory} is in use by another ptuning run (pid {holder}); "
-                    "wait for it to finish, or pass another --output-dir"
+                    f"run directory {self.directory} is in use by another ptuning run (pid {holder}): the same job and seed is "
+                    "running; wait for it to finish, or pass another --output-dir"
                 ) from None
             try:  # the holder we waited on may have removed the file: lock the one that is there now
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: the lock is held all the same; say so only if nothing can be written
+            os.close(fd)
+            self._remove_file()
+            self._cleanup_dirs()
+            raise self._unwritable(exc) from None
         self.fd = fd
         return self
 
-    def _cleanup_dir(self) -> None:
-        if self.created_dir:
-            try:
-                self.directory.rmdir()  # only if still empty: a refused or failed run leaves nothing
-            except OSError:
-                pass
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
+    def _remove_file(self) -> None:
         try:
             self.path.unlink()
         except OSError:
             pass
+
+    def _cleanup_dirs(self) -> None:
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()  # only if still empty: a refused or failed run leaves nothing
+            except OSError:
+                break
+        self.created = []
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self._remove_file()
         os.close(self.fd)
         self.fd = None
-        self._cleanup_dir()
+        self._cleanup_dirs()
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> "RunLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -10,6 +10,7 @@ one run, not across machines.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 import random
@@ -22,7 +23,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from ptuning.data import Collator
 
 EPOCH_STEPS = 782  # 25,000 reviews at batch 32
 EVAL_REVIEWS = 25_000
@@ -56,8 +56,8 @@ class ListDataset(torch.utils.data.Dataset):
         return self.inputs[i], self.targets[i]
 
 
-class _Tok:
-    """Just enough of a tokenizer for evaluation: pad id and decoding ids to a space-joined string."""
+class IdTokenizer:
+    """Just enough of a tokenizer for evaluation on synthetic ids: pad id, and ids decoded to a space-joined string."""
 
     pad_token_id = 0
     special = {0, 1, 2}
@@ -126,7 +126,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(job, config, device: torch.device, seed: int):
+def build_model(job, config, device: torch.device, seed: int):
+    """A random-weight T5 of `config` with the job's method applied, on `device`: (model, method)."""
     from transformers import T5ForConditionalGeneration
 
     from ptuning.methods import build_method
@@ -139,72 +140,37 @@ def _build(job, config, device: torch.device, seed: int):
     return model, method
 
 
+def path_settings(job, path: str, batch_size: int, max_length: int, precision: str = "auto", compile: bool = False,
+                  cuda_graphs: bool = True, eval_batch_size: int | None = None, fast_eval_batch_size: int | None = None):
+    """The job's settings on one path ('faithful' or 'fast') with the bench's sizes: what `make_engine` is given."""
+    s = job.settings
+    return dataclasses.replace(s, speed=path, precision=precision, compile=compile, cuda_graphs=cuda_graphs, batch_size=batch_size,
+                               max_length=max_length, eval_batch_size=eval_batch_size or s.eval_batch_size,
+                               fast_eval_batch_size=fast_eval_batch_size or s.fast_eval_batch_size)
+
+
 def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, device: torch.device, batch_size: int,
-               seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int = 64,
+               seed: int, precision: str = "auto", compile: bool = False, eval_batch_size: int | None = None,
                fast_eval_batch_size: int | None = None, cuda_graphs: bool = True,
                barrier: Callable[[str], None] | None = None, scratch: Path | None = None) -> PathResult:
-    """Time `steps` training steps and an evaluation pass on one path ('faithful' or 'fast'); with `scratch`
-    (a directory), also the job's writes: a checkpoint and the trained parameters, as the runner writes them."""
-    from ptuning.engine import fast
-    from ptuning.engine.evaluate import predict
-    from ptuning.engine.train import make_optimizer, train_epoch
+    """Time training steps and an evaluation pass on one path ('faithful' or 'fast'), through the engine a run of this
+    job would use; with `scratch` (a directory), also the job's writes: a checkpoint and the trained parameters, as the
+    runner writes them."""
+    from ptuning.engine import make_engine
     from ptuning.methods import count_parameters
 
-    fast_eval_batch_size = fast_eval_batch_size or fast.FAST_EVAL_BATCH_SIZE  # the job's setting, else the default
-    model, method = _build(job, config, device, seed)
+    max_length = max(len(x) for x, _ in train_pairs)
+    settings = path_settings(job, path, batch_size, max_length, precision, compile, cuda_graphs, eval_batch_size, fast_eval_batch_size)
+    engine = make_engine(settings, device, lambda m: print(f"bench: {m}", file=sys.stderr))
+    model, method = build_model(job, config, device, seed)
     params = count_parameters(model)[0]
-    trainable = [p for _, p in method.trainable_parameters(model)]
-    collate = Collator(0)
-    tok = _Tok()
+    optimizer = engine.optimizer([p for _, p in method.trainable_parameters(model)], 1e-4, 0.01)
+    tok = IdTokenizer()
     n_steps = len(train_pairs) // batch_size
     tokens = sum(len(x) for x, _ in train_pairs) / max(n_steps, 1)
 
-    def loader(pairs, collate_fn):
-        return torch.utils.data.DataLoader(ListDataset(pairs), batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                                           pin_memory=device.type == "cuda")
-
-    graphed = None
-    if path == "faithful":
-        optimizer = make_optimizer(trainable, 1e-4, 0.01)
-        prec = "fp32" if precision == "auto" else precision
-
-        train_collate = collate
-
-        def run(pairs):
-            train_epoch(model, loader(pairs, train_collate), optimizer, device, prec, "bench")
-
-        description = f"{prec}, eager, dynamic padding, generate (batch {eval_batch_size})"
-    else:
-        from ptuning.engine.graphs import GraphedTrainStep
-
-        job_like = _JobLike(job, precision, compile, fast_eval_batch_size, cuda_graphs)
-        plan = fast.plan(job_like, device)
-        optimizer = fast.make_optimizer(trainable, 1e-4, 0.01, plan)
-        loss_fn = fast.LossFn(model, plan.compile)
-        graphed = GraphedTrainStep(model, optimizer, device, plan.precision, lambda m: print(f"bench: {m}", file=sys.stderr)) \
-            if plan.graphs else None
-        if plan.compile or plan.graphs:
-            label_length = max(len(y) for _, y in train_pairs)
-            train_collate = fast.BucketCollator(0, fast.default_buckets(max(len(x) for x, _ in train_pairs)), label_length)
-        else:
-            train_collate = collate
-
-        def run(pairs):
-            fast.train_epoch(model, loader(pairs, train_collate), optimizer, device, plan, "bench", loss_fn=loss_fn, step=graphed)
-
-        prec = plan.precision
-        if plan.compile:
-            parts = [prec, "torch.compile over length buckets"]
-        elif plan.graphs:
-            parts = [prec, "CUDA graphs over length buckets"]
-        else:
-            parts = [prec, "eager, dynamic padding"]
-        if plan.fused_adamw:
-            parts.append("fused AdamW")
-        if plan.sync_every > 1:
-            parts.append(f"loss read every {plan.sync_every} steps")
-        parts.append(f"KV-cached greedy, sorted batches of {fast_eval_batch_size}")
-        description = ", ".join(parts)
+    def run(pairs):  # in order (no shuffle): both paths see the same batches
+        engine.train_epoch(model, engine.train_loader(ListDataset(pairs), tok.pad_token_id), optimizer, description="bench")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -230,34 +196,31 @@ def bench_path(path: str, job, config, train_pairs, warmup_pairs, eval_pairs, de
         barrier("eval")
     windows["eval_start"] = time.time()
     t0 = time.perf_counter()
-    if path == "faithful":
-        eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
-                                                  pin_memory=device.type == "cuda")
-        predictions, _ = predict(model, eval_loader, tok, device, 5, prec, "bench eval")
-    else:
-        predictions, _ = fast.fast_predict(model, eval_ds, tok, device, fast_eval_batch_size, 5, prec, "bench eval")
+    predictions, _ = engine.predict(model, eval_ds, tok, "bench eval")
     _sync(device)
     eval_seconds = time.perf_counter() - t0
     windows["eval_end"] = time.time()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
-    note = ""
-    if path == "fast" and graphed is not None:
-        if graphed.failure:
-            description += f"; **graph capture failed, trained eagerly**: {graphed.failure}"
+    description = engine.summary()
+    graphs = engine.describe().get("cuda_graphs")
+    if graphs is not None:
+        if graphs["failure"]:
+            description += f"; **graph capture failed, trained eagerly**: {graphs['failure']}"
         else:
-            description += f"; {len(graphed.graphs)} graph(s), {graphed.replays} replays"
+            description += f"; {graphs['graphs']} graph(s), {graphs['replays']} replays"
+    note = ""
     if path == "fast" and barrier is None:  # the decode itself vs generate, at the fast path's own precision (untimed)
-        eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
-        reference, _ = predict(model, eval_loader, tok, device, 5, prec, "bench check")
-        note = "yes" if reference == predictions else "NO"
+        reference = make_engine(dataclasses.replace(settings, speed="faithful", precision=engine.plan.precision), device)
+        note = "yes" if reference.predict(model, eval_ds, tok, "bench check")[0] == predictions else "NO"
+    collate = engine.collator(ListDataset(train_pairs), tok.pad_token_id)
     batches = [train_pairs[i:i + batch_size] for i in range(0, n_steps * batch_size, batch_size)]
     t0 = time.perf_counter()
     for b in batches:
-        train_collate(b)
+        collate(b)
     collate_seconds = (time.perf_counter() - t0) / max(len(batches), 1)
     writes = time_writes(job, method, model, optimizer, device, scratch) if scratch is not None else (0.0, 0.0)
-    model = optimizer = None  # free the weights before the next path (closures above still name them)
+    model = optimizer = engine = None  # free the weights before the next path (closures above still name them)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return PathResult(path, description, step_seconds, tokens, params, eval_seconds, len(eval_pairs), peak, predictions, note,
@@ -322,14 +285,6 @@ def time_startup(device: torch.device) -> float:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PtuningError(f"bench: a fresh Python process could not import ptuning and use {device} ({last})")
     return seconds
-
-
-def _JobLike(job, precision: str, compile: bool, fast_eval_batch_size: int, cuda_graphs: bool = True):
-    """A job with the fast path's settings replaced (for `fast.plan`)."""
-    import dataclasses
-
-    return dataclasses.replace(job, settings=dataclasses.replace(job.settings, speed="fast", precision=precision, compile=compile,
-                                                                 fast_eval_batch_size=fast_eval_batch_size, cuda_graphs=cuda_graphs))
 
 
 # ---------------------------------------------------------------------------------------------

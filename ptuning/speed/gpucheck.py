@@ -366,30 +366,31 @@ def _collector(on_line) -> tuple[list[str], Callable[[str], None]]:
     return lines, add
 
 
-class _FastTrainer:
-    """A row's random-weight model on the fast path, trained by `fast.train_epoch` in batches of 32 as the runner
-    trains it (eagerly, or with the step as CUDA graphs): for the equivalence and the profile."""
+class FastTrainer:
+    """A row's random-weight model on the fast path, trained through the engine a run uses, in batches of 32 at
+    t5-small's length limit (eagerly, or with the step as CUDA graphs): for the equivalence and the profile."""
 
-    def __init__(self, job, config, device, seed: int, precision: str, graphs: bool, label_length: int):
-        from ptuning.engine import fast
-        from ptuning.engine.graphs import GraphedTrainStep
-        from ptuning.speed.bench import _build, _JobLike
+    def __init__(self, job, config, device, seed: int, precision: str, graphs: bool):
+        from ptuning.engine import make_engine
+        from ptuning.speed.bench import build_model, path_settings
 
         self.device = device
-        self.model, self.method = _build(job, config, device, seed)
-        self.plan = fast.plan(_JobLike(job, precision, False, fast.FAST_EVAL_BATCH_SIZE, graphs), device)
-        self.optimizer = fast.make_optimizer([p for _, p in self.method.trainable_parameters(self.model)], 1e-4, 0.01, self.plan)
-        self.step = GraphedTrainStep(self.model, self.optimizer, device, self.plan.precision) if graphs else None
-        self.collate = fast.BucketCollator(0, fast.default_buckets(256), label_length)
+        self.model, self.method = build_model(job, config, device, seed)
+        # padded to the length buckets eagerly too, so that graphed and eager steps see the same shapes
+        self.engine = make_engine(path_settings(job, "fast", 32, 256, precision, False, graphs), device, graphs=graphs, buckets=True)
+        self.plan = self.engine.plan
+        self.optimizer = self.engine.optimizer([p for _, p in self.method.trainable_parameters(self.model)], 1e-4, 0.01)
 
     def train(self, pairs, description: str, on_step=None) -> None:
-        import torch
+        from ptuning.speed.bench import IdTokenizer, ListDataset
 
-        from ptuning.engine import fast
-        from ptuning.speed.bench import ListDataset
+        loader = self.engine.train_loader(ListDataset(pairs), IdTokenizer.pad_token_id)
+        self.engine.train_epoch(self.model, loader, self.optimizer, description=description, on_step=on_step)
 
-        loader = torch.utils.data.DataLoader(ListDataset(pairs), batch_size=32, collate_fn=self.collate, pin_memory=self.plan.pin_memory)
-        fast.train_epoch(self.model, loader, self.optimizer, self.device, self.plan, description, on_step=on_step, step=self.step)
+    @property
+    def step(self):
+        """The graphed step (None eagerly)."""
+        return self.engine.graphed_step
 
 
 def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: str = "t5-small", seed: int = 0,
@@ -421,7 +422,7 @@ def equivalence(device, rows=("full_ft", "lora_8_peft"), steps: int = 30, size: 
         for precision in ("fp32", "bf16"):
             losses, info = {}, ""
             for graphs in (False, True):
-                trainer = _FastTrainer(job, config, device, seed, precision, graphs, max(len(y) for _, y in pairs))
+                trainer = FastTrainer(job, config, device, seed, precision, graphs)
                 for module in trainer.model.modules():  # the method's own dropout too (PEFT's lora_dropout)
                     if isinstance(module, torch.nn.Dropout):
                         module.p = 0.0
@@ -476,9 +477,8 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from ptuning.engine import fast
     from ptuning.settings import load_job
-    from ptuning.speed.bench import ListDataset, _Tok, job_placeholders, synthetic_examples
+    from ptuning.speed.bench import IdTokenizer, ListDataset, job_placeholders, synthetic_examples
     from ptuning.testing.tiny import sized_config
 
     cuda = device.type == "cuda"
@@ -520,7 +520,7 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
         job = load_job(ref)
         pairs = synthetic_examples((3 + steps) * 32, 256, config.vocab_size, job_placeholders(job), seed + 1)
         for graphs in (False, True) if cuda else (False,):
-            trainer = _FastTrainer(job, config, device, seed, "auto", graphs, max(len(y) for _, y in pairs))
+            trainer = FastTrainer(job, config, device, seed, "auto", graphs)
             plan = trainer.plan
             trainer.train(pairs[: 3 * 32], "profile warm-up")  # graphs: the eager first step and the capture
             sync()
@@ -534,10 +534,10 @@ def profile(device, rows=("full_ft", "lora_8_peft"), steps: int = 10, size: str 
                 evals = ListDataset(eval_pairs)
 
                 def decode() -> None:
-                    fast.fast_predict(generation, evals, _Tok(), device, plan.eval_batch_size, 5, plan.precision, "profile eval")
+                    trainer.engine.predict(generation, evals, IdTokenizer(), "profile eval")
 
                 generation = trainer.method.generation_model(trainer.model)
-                fast.fast_predict(generation, ListDataset(eval_pairs[:8]), _Tok(), device, 8, 5, plan.precision, "profile eval warm-up")
+                trainer.engine.predict(generation, ListDataset(eval_pairs[:8]), IdTokenizer(), "profile eval warm-up")
                 section(f"{job.name}, evaluation (greedy decode, sorted batches of {plan.eval_batch_size}), {plan.precision}", decode,
                         eval_reviews / 1000, "1,000 reviews")
             trainer = generation = None

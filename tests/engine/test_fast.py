@@ -17,8 +17,9 @@ from transformers import T5ForConditionalGeneration
 from ptuning import data
 from ptuning.cli import main
 from ptuning.engine import fast
-from ptuning.engine.evaluate import predict
-from ptuning.engine.train import make_optimizer, train_epoch
+from ptuning.engine.base import Plan, make_plan
+from ptuning.engine.faithful import predict
+from ptuning.engine.faithful import make_optimizer, train_epoch
 from ptuning.methods import build_method
 from ptuning.settings import load_all_jobs, load_job
 from ptuning.testing.tiny import tiny_t5_config
@@ -223,7 +224,7 @@ def _losses(precision: str, fast_path: bool, compiled=None):
                                          collate_fn=data.Collator(0))
     losses: list[float] = []
     if fast_path:
-        plan = fast.Plan(fast=True, precision=precision, compile=False, graphs=False, eval_batch_size=512, pin_memory=False,
+        plan = Plan(fast=True, precision=precision, compile=False, graphs=False, eval_batch_size=512, pin_memory=False,
                          fused_adamw=False, sync_every=2)
         loss_fn = fast.LossFn(model)
         if compiled is not None:
@@ -245,18 +246,18 @@ def test_fast_training_matches_the_faithful_loop():
 
 def test_plan_resolves_auto_per_device():
     job = load_job("full_ft", JOBS)
-    cpu = fast.plan(job, CPU)
+    cpu = make_plan(job.settings, CPU)
     assert (cpu.fast, cpu.precision, cpu.compile, cpu.eval_batch_size) == (False, "fp32", False, job.settings.eval_batch_size)
     messages = []
-    forced = fast.plan(job.override(speed="fast", compile=True), CPU, messages.append)
+    forced = make_plan(job.override(speed="fast", compile=True).settings, CPU, messages.append)
     assert forced.fast and forced.precision == "fp32" and not forced.compile and "CUDA only" in messages[0]
-    assert fast.plan(job.override(speed="fast", precision="bf16"), CPU).precision == "bf16"
-    cuda = fast.plan(job, torch.device("cuda"))  # planning only: nothing touches a GPU
+    assert make_plan(job.override(speed="fast", precision="bf16").settings, CPU).precision == "bf16"
+    cuda = make_plan(job.settings, torch.device("cuda"))  # planning only: nothing touches a GPU
     assert (cuda.fast, cuda.precision, cuda.eval_batch_size, cuda.fused_adamw, cuda.pin_memory) == (True, "bf16", 256, True, True)
     assert cuda.graphs and not cpu.graphs and not forced.graphs  # CUDA graphs: the fast path's default, on CUDA only
-    assert not fast.plan(job.override(cuda_graphs=False), torch.device("cuda")).graphs
-    assert not fast.plan(job.override(compile=True), torch.device("cuda")).graphs  # compile is used instead
-    faithful = fast.plan(job.override(speed="faithful"), torch.device("cuda"))
+    assert not make_plan(job.override(cuda_graphs=False).settings, torch.device("cuda")).graphs
+    assert not make_plan(job.override(compile=True).settings, torch.device("cuda")).graphs  # compile is used instead
+    faithful = make_plan(job.override(speed="faithful").settings, torch.device("cuda"))
     assert (faithful.fast, faithful.precision) == (False, "fp32")
 
 

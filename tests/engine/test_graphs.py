@@ -23,8 +23,9 @@ from transformers import T5ForConditionalGeneration
 
 from ptuning import data
 from ptuning.engine import fast
+from ptuning.engine.base import Plan, make_plan
 from ptuning.engine.graphs import GraphedTrainStep, decoder_special_ids, shift_right, step_loss
-from ptuning.engine.train import make_optimizer
+from ptuning.engine.faithful import make_optimizer
 from ptuning.methods import build_method
 from ptuning.settings import load_all_jobs, load_job
 from ptuning.testing.tiny import tiny_t5_config
@@ -127,7 +128,7 @@ def _train(use_step: bool, job_name: str):
     optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
     loader = torch.utils.data.DataLoader(pairs, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0),
                                          collate_fn=fast.BucketCollator(0, (32, 64), label_length=3))
-    plan = fast.Plan(fast=True, precision="fp32", compile=False, graphs=use_step, eval_batch_size=512, pin_memory=False,
+    plan = Plan(fast=True, precision="fp32", compile=False, graphs=use_step, eval_batch_size=512, pin_memory=False,
                      fused_adamw=False, sync_every=1)
     step = GraphedTrainStep(model, optimizer, CPU, "fp32") if use_step else None
     losses: list[float] = []
@@ -150,14 +151,14 @@ def test_graphed_step_trains_like_the_eager_fast_loop(job_name):
 
 
 def test_stop_request_after_a_graphed_step_reports_the_applied_steps():
-    from ptuning.engine.train import StopEpoch
+    from ptuning.engine import StopEpoch
 
     job = load_job("lora_8", JOBS)
     model, method = _model(job)
     optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
     pairs = [([3, 4, 5, 1], [5, 1])] * 12
     loader = torch.utils.data.DataLoader(pairs, batch_size=4, collate_fn=data.Collator(0))
-    plan = dataclasses.replace(fast.plan(job.override(speed="fast"), CPU), graphs=True)
+    plan = dataclasses.replace(make_plan(job.override(speed="fast").settings, CPU), graphs=True)
     step = GraphedTrainStep(model, optimizer, CPU, "fp32")
     calls = []
     with pytest.raises(StopEpoch) as stopped:
@@ -201,7 +202,7 @@ def _train_with(monkeypatch_capture, job_name="lora_8", n_reviews=20):
     optimizer = make_optimizer([p for _, p in method.trainable_parameters(model)], 1e-3, 0.01)
     loader = torch.utils.data.DataLoader(pairs, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0),
                                          collate_fn=fast.BucketCollator(0, (32, 64), label_length=3))
-    plan = fast.Plan(fast=True, precision="fp32", compile=False, graphs=True, eval_batch_size=512, pin_memory=False,
+    plan = Plan(fast=True, precision="fp32", compile=False, graphs=True, eval_batch_size=512, pin_memory=False,
                      fused_adamw=False, sync_every=1)
     messages: list[str] = []
     step = GraphedTrainStep(model, optimizer, CPU, "fp32", messages.append)
@@ -243,8 +244,11 @@ def test_a_run_on_the_graphed_path_end_to_end(monkeypatch, tmp_path, tiny_model_
 
     from ptuning.cli import main
 
-    real_plan, real_init = fast.plan, GraphedTrainStep.__init__
-    monkeypatch.setattr(fast, "plan", lambda job, device, echo=None: dataclasses.replace(real_plan(job, device, echo), graphs=True))
+    from ptuning.engine import base
+
+    real_plan, real_init = base.make_plan, GraphedTrainStep.__init__
+    monkeypatch.setattr(base, "make_plan", lambda settings, device, echo=None: dataclasses.replace(real_plan(settings, device, echo),
+                                                                                                  graphs=True, buckets=True))
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)

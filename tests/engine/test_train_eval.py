@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from ptuning import data
-from ptuning.engine.evaluate import accuracy, predict
-from ptuning.engine.train import NonFiniteLoss, make_optimizer, train_epoch
+from ptuning.engine import accuracy
+from ptuning.engine.faithful import predict
+from ptuning.engine import NonFiniteLoss
+from ptuning.engine.faithful import make_optimizer, train_epoch
 from ptuning.methods import build_method
 
 

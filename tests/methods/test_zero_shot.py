@@ -14,8 +14,13 @@ def test_zero_shot_runs_without_any_optimizer_step(tmp_path, monkeypatch, tiny_m
     def forbidden(*args, **kwargs):
         raise AssertionError("zero-shot must not create an optimizer or train")
 
-    monkeypatch.setattr(runner, "make_optimizer", forbidden)
-    monkeypatch.setattr(runner, "train_epoch", forbidden)
+    from ptuning.engine.base import Engine
+    from ptuning.engine.faithful import FaithfulEngine
+    from ptuning.engine.fast import FastEngine
+
+    for engine in (Engine, FaithfulEngine, FastEngine):  # every path's optimizer and training epoch
+        monkeypatch.setattr(engine, "optimizer", forbidden)
+        monkeypatch.setattr(engine, "train_epoch", forbidden)
     seen = {}
     load_model = runner.load_model
 

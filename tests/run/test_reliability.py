@@ -24,7 +24,7 @@ from ptuning.errors import PtuningError
 from ptuning.report.results import schema_problem
 from ptuning.run import checkpoint
 from ptuning.run.interrupt import PAUSE_ENV
-from ptuning.run.lock import LOCK_FILE, OutputLock
+from ptuning.run.lock import LOCK_FILE, RunLock
 from tests.conftest import JOBS, REPO
 
 TINY = {"batch_size": "8", "eval_batch_size": "8", "epochs": "2", "max_length": "32", "train_limit": "16", "eval_limit": "8"}
@@ -103,7 +103,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(jobs_dir, r
     assert checkpoint.load(out / "a/seed0/checkpoint.pt")["step"] == 0  # epoch 1's checkpoint
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    assert (out / LOCK_FILE).exists()  # left behind by the killed run; flock makes it harmless
+    assert (out / "a/seed0" / LOCK_FILE).exists()  # left behind by the killed run; flock makes it harmless
 
     result = run_a(jobs_dir, out)
     assert result.exit_code == 0, result.output
@@ -121,9 +121,9 @@ def test_sigterm_checkpoints_mid_epoch_says_how_to_resume_and_the_lock_stops_a_s
     assert second.exit_code == 1
     err = second.stderr.strip().splitlines()
     assert len(err) == 1 and f"is in use by another ptuning run (pid {proc.pid})" in err[0]
-    for extra in ((), ("--concurrency", "2")):  # a second run-all refuses too, serial or concurrent
+    for extra in ((), ("--concurrency", "2")):  # a second run-all refuses that run too, serial or concurrent (in its child)
         other = cli(jobs_dir, "run-all", "--device", "cpu", "--output-dir", str(out), *extra)
-        assert other.exit_code == 1 and f"is in use by another ptuning run (pid {proc.pid})" in other.stderr
+        assert other.exit_code == 1 and f"run directory {out / 'a' / 'seed0'} is in use by another ptuning run (pid {proc.pid})" in other.output
 
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -283,16 +283,18 @@ def test_read_only_output_directory_is_one_line_and_writes_nothing(jobs_dir, tmp
             return real_open(path, *args, **kwargs)
 
         monkeypatch.setattr(os, "open", deny)
+        expected = f"cannot write to run directory {out / 'a' / 'seed0'}: Permission denied"  # the run's lock file
     else:
         out.chmod(0o555)
+        expected = f"cannot write to output directory {out}: Permission denied"  # the output folder's write probe
     try:
         result = run_a(jobs_dir, out)
     finally:
         out.chmod(0o755)
     assert result.exit_code == 1
     err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and f"cannot write to output directory {out}: Permission denied" in err[0]
-    assert files(out) == []
+    assert len(err) == 1 and expected in err[0], err
+    assert files(out) == [] and list(out.iterdir()) == []
 
 
 def test_a_file_where_the_job_directory_goes_is_one_line_and_kept(jobs_dir, tmp_path):
@@ -302,20 +304,37 @@ def test_a_file_where_the_job_directory_goes_is_one_line_and_kept(jobs_dir, tmp_
     result = run_a(jobs_dir, out)
     assert result.exit_code == 1
     err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"ptuning: error: [a] cannot write {out / 'a' / 'seed0' / 'checkpoint.pt'}: "), err
+    # refused before anything trains: the run's folder cannot be made
+    assert err == [f"ptuning: error: [a] cannot write to run directory {out / 'a' / 'seed0'}: Not a directory; "
+                   "pass --output-dir with a writable directory"]
     assert files(out) == ["a"] and (out / "a").read_text() == "not a directory"
 
 
-def test_output_lock_refuses_a_holder_and_ignores_a_stale_file(tmp_path):
-    with OutputLock(tmp_path / "out"):
-        assert (tmp_path / "out" / LOCK_FILE).read_text().strip() == str(os.getpid())
-        with pytest.raises(PtuningError, match=rf"in use by another ptuning run \(pid {os.getpid()}\)"):
-            OutputLock(tmp_path / "out").acquire()
-    assert not (tmp_path / "out").exists()  # created by the lock, empty again: removed
+def test_run_lock_refuses_a_holder_and_ignores_a_stale_file(tmp_path):
+    run = tmp_path / "out" / "job" / "seed0"
+    with RunLock(run):
+        assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+        with pytest.raises(PtuningError, match=rf"run directory {run} is in use by another ptuning run \(pid {os.getpid()}\): the same job and seed"):
+            RunLock(run).acquire()
+        with RunLock(tmp_path / "out" / "job" / "seed1"), RunLock(tmp_path / "out" / "other" / "seed0"):
+            pass  # other runs in the same output folder go on together
+    assert not (tmp_path / "out").exists()  # every folder the locks created, empty again: removed
     (tmp_path / "stale").mkdir()
     (tmp_path / "stale" / LOCK_FILE).write_text("999999\n")  # a killed run's file, nobody holds the flock
-    with OutputLock(tmp_path / "stale"):
+    with RunLock(tmp_path / "stale"):
         pass
+    assert (tmp_path / "stale").is_dir()  # not created by the lock: kept
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("KEEP\n")
+    run = tmp_path / "o" / "lora_8" / "seed0"
+    run.mkdir(parents=True)
+    (run / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(PtuningError, match=rf"{run / LOCK_FILE} is a symbolic link; ptuning does not follow it"):
+        RunLock(run).acquire()
+    assert victim.read_text() == "KEEP\n"
 
 
 def test_atomic_save_replaces_a_directory_whole_or_not_at_all(tmp_path):
@@ -377,19 +396,6 @@ def test_zero_shot_rerun_is_skipped(tmp_path, tiny_model_dir, tiny_data_dir):
     again = cli(jobs, "run", "zs", "--device", "cpu", "--output-dir", str(out))
     assert again.exit_code == 0 and "already completed with this configuration" in again.output
     assert files(out) == ["zs/seed0/result.json"]
-
-
-def test_concurrency_children_share_the_parents_lock_and_nobody_else_does(tmp_path, monkeypatch):
-    from ptuning.errors import PtuningError
-    from ptuning.run.lock import INHERIT_ENV
-
-    with OutputLock(tmp_path):
-        monkeypatch.setenv(INHERIT_ENV, str(os.getpid()))
-        with OutputLock(tmp_path):  # a child of `run-all --concurrency`
-            pass
-        monkeypatch.setenv(INHERIT_ENV, "999999")
-        with pytest.raises(PtuningError, match="in use by another ptuning run"):
-            OutputLock(tmp_path).acquire()
 
 
 def test_time_outside_train_and_eval_is_recorded(jobs_dir, tmp_path, monkeypatch):

@@ -210,7 +210,7 @@ def test_profile_says_where_a_steps_time_goes(tmp_path, monkeypatch):
     assert gpucheck.main(["profile", "--device", "cpu", "--steps", "1", "--size", "small", "--rows", "lora_8", "--top", "4",
                           "--eval-reviews", "12", "--output", str(out)]) == 0
     assert trained == [(3 * 32, None), (32, None), (32, None)]  # warm-up, timed, profiled; eager: no graphed step
-    assert decoded == [(8, 8), (12, fast.FAST_EVAL_BATCH_SIZE), (12, fast.FAST_EVAL_BATCH_SIZE)]  # warm-up, timed, profiled
+    assert decoded == [(8, fast.FAST_EVAL_BATCH_SIZE), (12, fast.FAST_EVAL_BATCH_SIZE), (12, fast.FAST_EVAL_BATCH_SIZE)]  # warm-up, timed, profiled
     text = out.read_text()
     assert text.splitlines()[0] == ("on cpu, small shapes; training: batches of 32, 1 steps timed, then profiled, per mode; evaluation: "
                                     "12 reviews; busy = time in CPU operators (no GPU: nothing here says anything about one)")
