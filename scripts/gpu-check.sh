@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
-# GPU check of the fast path: `ptuning bench`, then a scaled-down `ptuning run-all` over every row whose measured
-# time is compared with the bench's projection, all on a random-weight T5-small-shaped model and synthetic
-# IMDb-length data (no hub). Never run on a GPU yet: written and tested (--device cpu --quick) on a CPU-only machine.
+# GPU check of the fast path, for a machine with an NVIDIA GPU: `ptuning bench`, then a scaled-down `ptuning run-all`
+# over every row whose measured time is compared with the bench's projection, all on a random-weight model with
+# t5-small's shapes and synthetic IMDb-length reviews (no hub, no download; the accuracies mean nothing).
+# docs/speed.md says what it measures and what it writes.
 #
-# On the device machine of this workplace (no network; Python 3.12, torch, transformers 5.x preinstalled):
-#   1. here, once, with PyPI:  scripts/gpu-prep.sh      (the pinned wheels it lacks -> .whl/, about 22 MB, ignored by git)
-#   2. the tool's `run`, carry [".whl"], timeout_s 540, command:
-#        PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh --device cuda
-#      It installs .whl/*.whl into .site/ (pip --no-index --no-deps --target) ahead of the preinstalled packages,
-#      stops at once unless transformers 4.57.6 imports, and ends within --budget seconds (default 420) whatever
-#      happens: each step has a timeout, a failed step is reported and the next one runs.
-#   3. the files come back from $OUT (at most 8): BENCHMARKS.md, gpu-check.log, tables.md, bench.md, bench.json,
-#      summary.json, equivalence.md, bench-eager.md. BENCHMARKS.md is for results/BENCHMARKS.md.
-#
-# Elsewhere: bash scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--budget S] [--concurrency K] [--work DIR]
-#            [--epochs E] [--train-limit N] [--eval-limit M]
+# Usage: bash scripts/gpu-check.sh [--device cuda|cpu] [--quick] [--budget S] [--concurrency K] [--work DIR]
+#                                  [--epochs E] [--train-limit N] [--eval-limit M]
+#   With this checkout's .venv: `make gpu-check` (ARGS="--budget 900" for more time). PYTHON=... picks the
+#   interpreter (default python3).
+#   --budget S (default 420): the whole script ends within about S seconds whatever happens: each step has a
+#   timeout cut to what the budget leaves; a step that fails or runs out of time is reported and the next one runs.
 #   --quick: tiny sizes (bench's `small` model, 64 train / 32 test reviews, 1 epoch): the same steps in 2 to 3
-#   minutes on 2 CPU cores (what tests/test_gpu_check.py runs). PYTHON=... picks the interpreter (default python3).
+#   minutes on 2 CPU cores (what tests/speed/test_gpu_check.py runs); CPU numbers say nothing about a GPU.
 #
-# Everything goes to --work (default results/gpu-check/; results/ is ignored by git) and, if $OUT is set, the files
-# above to $OUT too; with --device cuda, BENCHMARKS.md is also copied to results/BENCHMARKS.md.
+# A GPU machine without a package index (Python 3.12 and a CUDA torch installed, nothing else reachable):
+#   1. on a machine with PyPI: scripts/gpu-prep.sh (the pinned wheels such a machine lacks -> .whl/, about 22 MB);
+#   2. copy the checkout with .whl/ to the GPU machine and run  PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh
+#      there: unless the pinned transformers already imports, it installs .whl/*.whl into .site/
+#      (pip --no-index --no-deps --target) and puts .site/ ahead of the installed packages; it stops at once unless
+#      transformers 4.57.6 is the one imported.
 #
-# Sizes (GPU): the bench times 50 steps and 2,048 reviews per path on full_ft and lora_8_peft (PERFORMANCE.md: about
-# 70 ms per step and 36 s / 25k reviews for the exercise's loop, 55-75 ms and 16 s for a bf16 eager step and batched
-# greedy decoding on an H200: about 20 s per row). The run-all: 10 rows x 2 epochs x (64 steps of 32 reviews + 2,048
-# reviews decoded) + zero-shot = 1,280 steps (~83 s at 65 ms) + 21 passes over 2,048 reviews (~28 s at 0.64 ms per
-# review) = about 2 minutes of train + eval, plus per-job setup (load, tokenize, checkpoint): 2 to 3 minutes in all.
-# The whole script: about 7 minutes (the budget; the compile bench at the end takes what is left), 8 at worst.
+# Everything goes to --work (default results/gpu-check/; results/ is ignored by git): BENCHMARKS.md, gpu-check.log,
+# tables.md, bench.md, bench.json, summary.json, equivalence.md, bench-eager.md (and assets.txt, overheads.json,
+# profile.md, bench-compile.md). With --device cuda, BENCHMARKS.md is also copied to results/BENCHMARKS.md.
+# If OUT is set to a folder, the first eight of those are copied there as they are written (every 15 s while the
+# script runs), so a batch job stopped by its time limit still leaves what was measured so far.
+#
+# Sizes (GPU): the bench times 50 steps and 2,048 reviews per path on full_ft and lora_8_peft. Sized from the
+# exercise's loop measured on one H200 (about 70 ms per fp32 step and 36 s per 25,000 reviews decoded; 55-75 ms per
+# bf16 eager step and 16 s per 25,000 reviews with batched greedy decoding): about 20 s per row. The run-all:
+# 10 rows x 2 epochs x (64 steps of 32 reviews + 2,048 reviews decoded) + zero-shot = 1,280 steps (~83 s at 65 ms)
+# + 21 passes over 2,048 reviews (~28 s at 0.64 ms per review) = about 2 minutes of train + eval, plus per-job setup
+# (load, tokenize, checkpoint): 2 to 3 minutes in all. The whole script: about 7 minutes (the budget; the compile
+# bench at the end takes what is left), 8 at worst.
 # Order: stack check, assets, the graphs-vs-eager equivalence (correctness before speed), bench, run-all, the run-all's
 # data and tables/plots timed apart (they join the projection of its wall time; summary.json keeps them), then, while
 # the budget lasts, a profile of the training step (kernels per step, eager and graphed: in BENCHMARKS.md, for
@@ -72,7 +78,7 @@ rm -f "$WORK"/{BENCHMARKS.md,gpu-check.log,tables.md,bench.md,bench.json,summary
 LOG=$WORK/gpu-check.log
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 PTUNING_CACHE="$WORK/cache"
 
-publish() {  # what has been measured so far, to $OUT (the device tool brings back at most 8 files)
+publish() {  # what has been measured so far, to $OUT when it is set
   [ -n "${OUT:-}" ] || return 0
   mkdir -p "$OUT"
   for f in BENCHMARKS.md gpu-check.log tables.md bench.md bench.json summary.json equivalence.md bench-eager.md; do
@@ -125,7 +131,7 @@ main() {
   tv=$("$PY" -c "import transformers; print(transformers.__version__)" 2>&1 | tail -1)
   echo "transformers: $tv (from $("$PY" -c "import transformers, os; print(os.path.dirname(transformers.__file__))" 2>&1 | tail -1))"
   if [ "$tv" != "4.57.6" ]; then
-    echo "gpu-check: transformers $tv, not the pinned 4.57.6: run scripts/gpu-prep.sh here and carry .whl; stopping"
+    echo "gpu-check: transformers $tv, not the pinned 4.57.6: run scripts/gpu-prep.sh on a machine with PyPI and copy .whl/ here; stopping"
     return 1
   fi
   "$PY" - <<'EOF' || { echo "gpu-check: ptuning does not import; stopping"; return 1; }
@@ -151,7 +157,7 @@ EOF
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "gpu-check: torch sees no CUDA GPU; stopping"; return 1; }
   fi
 
-  # -- 2. the assets: random-weight model + synthetic IMDb-length data, built here (no hub)
+  # -- 2. the assets: random-weight model + synthetic IMDb-length data, built locally (no hub)
   local assets model="" data=""
   step assets 150 300 "$WORK/assets.txt" "$PY" -m ptuning.speed.gpucheck assets "$WORK/assets" --n-train "$N_DATA" --n-test "$N_DATA" \
     --size "$SIZE"
@@ -227,7 +233,7 @@ write_report() {
 
 BENCH_STATUS="not run" RUNALL_STATUS="not run" WALL="" CARD="" STATUS=""
 PUBLISHER=""
-if [ -n "${OUT:-}" ]; then  # the log so far reaches $OUT even if the device tool's time limit stops us mid-step
+if [ -n "${OUT:-}" ]; then  # the log so far reaches $OUT even if a time limit stops us mid-step
   ( while sleep 15; do publish; done ) &
   PUBLISHER=$!
 fi
