@@ -7,7 +7,8 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     LANG=C.UTF-8 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# The host's CA bundle: package-index traffic from this machine goes through a TLS-inspecting proxy.
+# The host's CA bundle, so that pip in the image trusts what the host trusts (a TLS-inspecting proxy in front
+# of the package index, for instance).
 COPY host-ca-bundle.crt /usr/local/share/host-ca-bundle.crt
 ENV PIP_CERT=/usr/local/share/host-ca-bundle.crt \
     SSL_CERT_FILE=/usr/local/share/host-ca-bundle.crt \

@@ -1,6 +1,6 @@
 """IMDb: loading, preprocessing, tokenization (cached), soft-prompt placeholders, and batching.
 
-Exactly PROTOCOL.md: lowercase, `<br />` → space, inputs truncated to `max_length` tokens including
+Exactly the exercise's (docs/protocol.md): lowercase, `<br />` → space, inputs truncated to `max_length` tokens including
 `</s>` and any placeholders, targets are the verbalizer word + `</s>`, dynamic right padding,
 label padding -100.
 """

@@ -2,7 +2,7 @@
 
 - `faithful` (the exercise): train on the train split, evaluate on the test split after every epoch,
   report the maximum test accuracy over epochs. Selecting on the test set is optimistic
-  (PROTOCOL.md, known caveats).
+  (docs/protocol.md, known caveats).
 - `heldout` (honest): hold out `heldout_size` training reviews as a validation split (stratified by
   label, drawn with `heldout_seed`, independent of the job's seed), train on the rest, evaluate on
   validation and test after every epoch, select the epoch by validation accuracy and report the test

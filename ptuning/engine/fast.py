@@ -1,6 +1,6 @@
 """The fast path: the same training math and the same greedy predictions as the exercise loop, less overhead.
 
-What it changes, and what it does not (see README "Speed"):
+What it changes, and what it does not (see docs/speed.md):
 
 * Evaluation (`fast_predict`): inputs sorted by length into large batches (`fast_eval_batch_size`), one
   encoder pass, then a hand-written greedy loop over the decoder's KV cache, argmax over the vocabulary,

@@ -1,7 +1,7 @@
 """CUDA graphs for the fast path's training step: forward, backward and the AdamW update replayed as one graph.
 
 A T5-small step at batch 32 is thousands of small kernels; eagerly, launching them (and the Python
-that decides them) costs more than running them (`../shared/spec/PERFORMANCE.md`). A CUDA graph records
+that decides them) costs more than running them (docs/speed.md). A CUDA graph records
 the step's kernels once and replays them with one launch. What it needs, and how this module provides it:
 
 * Static shapes: the fast path's training loader pads inputs to a few length buckets and labels to one

@@ -2,7 +2,7 @@
 
 Every function returns a `Formula` whose `text` is the arithmetic written out with the job's numbers
 and whose `value` is what that arithmetic evaluates to (checked by the tests: the exercise's own LoRA
-formula printed arithmetic that did not add up, see PROTOCOL.md).
+formula printed arithmetic that did not add up, see docs/protocol.md).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class OpenDeltaSoftPrompt(LibraryMethod):
 
     def placeholder_tokens(self) -> int:
         # The exercise kept the n <pad> placeholders in the input in its OpenDelta rows as well
-        # (OpenDelta prepends its own n vectors in front of them); PROTOCOL.md asks to reproduce that.
+        # (OpenDelta prepends its own n vectors in front of them); ptuning reproduces that (docs/protocol.md).
         return self.tokens
 
     def knob_summary(self) -> str:

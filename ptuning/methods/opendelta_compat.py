@@ -1,7 +1,7 @@
 """Make `import opendelta` (0.3.2, last released 2022) work with the pinned transformers 4.57.6.
 
 Imported ONLY by `ptuning.methods.opendelta_backend`, and only when a job asks for an OpenDelta row:
-the three stand-ins below never reach a process that does not use OpenDelta. See STACK.md.
+the three stand-ins below never reach a process that does not use OpenDelta. See docs/development.md.
 """
 
 from __future__ import annotations

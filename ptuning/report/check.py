@@ -17,7 +17,7 @@ from ptuning.errors import PtuningError
 
 # Accuracy points. The only place the default lives (the CLI and CI workflows use it unless told
 # otherwise). Other students' runs of the protocol agree within about +-0.5 points without a seed
-# (PROTOCOL.md); 1.0 leaves room for a different GPU and library versions.
+# (docs/protocol.md); 1.0 leaves room for a different GPU and library versions.
 DEFAULT_TOLERANCE = 1.0
 
 

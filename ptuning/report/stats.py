@@ -4,7 +4,7 @@ A table row is one (job, protocol) pair; its runs are the completed result files
 that protocol, one per seed. The row's figure is the mean of the runs' reported accuracies with the
 sample standard deviation (n - 1 in the denominator).
 
-Comparison rule (documented in the README): a row differs from full fine-tuning "beyond the seed
+Comparison rule (documented in docs/results.md): a row differs from full fine-tuning "beyond the seed
 spread" when Welch's two-sided t-test on the per-seed accuracies gives p < 0.05. Both rows need
 n >= 2, otherwise the verdict is "n too small". The p-value uses Student's t distribution with the
 Welch–Satterthwaite degrees of freedom (computed here from the regularized incomplete beta function,

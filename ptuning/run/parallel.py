@@ -1,7 +1,7 @@
 """`ptuning run-all --concurrency K`: K jobs at once, each in its own `ptuning run JOB` process.
 
 One GPU runs several small training processes faster in aggregate than one (each step leaves the GPU
-mostly idle; see ../shared/spec/PERFORMANCE.md). Every child gets the same options as the parent; its
+mostly idle; see docs/speed.md). Every child gets the same options as the parent; its
 output goes to `<output-dir>/logs/<job>.log` and is echoed line by line with a `[job]` prefix. On CPU each
 child gets an even share of the cores (OMP_NUM_THREADS) unless the caller set it.
 """

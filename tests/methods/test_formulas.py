@@ -1,4 +1,4 @@
-"""The analytic formulas: values from PROTOCOL.md, and printed arithmetic that adds up."""
+"""The analytic formulas: values from docs/protocol.md, and printed arithmetic that adds up."""
 
 from __future__ import annotations
 
