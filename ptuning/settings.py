@@ -361,7 +361,7 @@ def format_value(value: Any) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """yaml.safe_load's loader, refusing a key written twice in one mapping (plain YAML keeps the last silently,
+    """yaml.safe_load's loader, refusing a key written twice in one mapping (plain YAML quietly keeps the last one,
     so `lr: 1e-4` followed later by `lr: 1e-3` would train at 1e-3 with no word). Keys merged in with `<<` may be
     overridden, as YAML intends."""
 

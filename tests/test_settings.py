@@ -106,7 +106,7 @@ def test_keys_merged_in_with_yaml_anchors_may_be_overridden(tmp_path):
     assert _read_yaml(path)["method"] == {"name": "lora", "implementation": "hand", "rank": 4, "alpha": 4}
 
 
-def test_run_all_with_no_job_files_is_an_error_not_a_silent_success(tmp_path):
+def test_run_all_with_no_job_files_is_an_error_not_a_quiet_success(tmp_path):
     from click.testing import CliRunner
 
     from ptuning.cli import main

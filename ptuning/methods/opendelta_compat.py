@@ -25,7 +25,7 @@ if "DeltaCenter" not in sys.modules:
     sys.modules["DeltaCenter"].OssClient = None  # type: ignore[attr-defined]
 
 # 3. opendelta/basemodel.py has a stray, unused `from turtle import back`; turtle needs tkinter, which slim
-#    images and the GPU machines lack: only where `import turtle` fails, stand in a module with `back`.
+#    images and some GPU machines lack: only where `import turtle` fails, stand in a module with `back`.
 try:
     import turtle  # noqa: F401
 except Exception:  # ImportError for a missing tkinter; a broken Tk install can raise others

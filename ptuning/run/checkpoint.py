@@ -128,7 +128,7 @@ def plan(rdir: Path, config: dict[str, Any], force: bool) -> tuple[str, Any]:
     ("resume", payload)   a checkpoint with this configuration exists;
     ("fresh", None)       nothing to reuse (or --force).
     Refuses (PtuningError, suggesting --force) when a checkpoint or a completed result of a
-    *different* configuration is in the way, so nothing is silently overwritten.
+    *different* configuration is in the way, so nothing is overwritten unasked.
     """
     if force:
         return "fresh", None
