@@ -107,6 +107,7 @@ class Comparison:
     p: float | None
     df: float | None
     verdict: str
+    test: str = "welch"  # or "paired" (the same seeds: the same data order)
 
     def text(self) -> str:
         if self.verdict == TOO_SMALL:
@@ -129,12 +130,167 @@ def welch(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA) -> Compa
     va, vb = sa.std**2 / sa.n, sb.std**2 / sb.n
     se2 = va + vb
     if se2 == 0.0:
-        p = 1.0 if diff == 0.0 else 0.0
-        return Comparison(diff, p, None, DIFFERS if p < alpha else WITHIN_NOISE)
-    t = diff / math.sqrt(se2)
+        return _verdict(diff, None, None, 0.0, alpha, "welch")
     df = se2**2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
+    return _verdict(diff, diff / math.sqrt(se2), df, math.sqrt(se2), alpha, "welch")
+
+
+# -- confidence intervals, the paired test, Holm's correction, power ---------------------------------
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = t_two_sided_p(t, df) / 2.0
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The t with P(T <= t) = q (0 < q < 1), by bisection on `t_cdf` (to about 1e-12)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile of {q!r}: must be strictly between 0 and 1")
+    if q == 0.5:
+        return 0.0
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < q:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if t_cdf(mid, df) < q:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-13 * max(1.0, high):
+            break
+    return (low + high) / 2.0
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    level: float
+
+    def text(self, digits: int = 1) -> str:
+        return f"[{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def confidence_interval(values: Iterable[float], level: float = 0.95) -> Interval | None:
+    """The t-based interval for the mean: mean ± t(1 - (1 - level)/2, n - 1) · s / √n; None below two values."""
+    s = summarize(values)
+    if s.n < 2:
+        return None
+    half = t_quantile(0.5 + level / 2.0, s.n - 1) * s.std / math.sqrt(s.n)
+    return Interval(s.mean - half, s.mean + half, level)
+
+
+def _verdict(difference: float, t: float | None, df: float | None, se: float, alpha: float, test: str) -> Comparison:
+    if se == 0.0:  # deterministic runs: the same figure differs or it does not
+        p = 1.0 if difference == 0.0 else 0.0
+        return Comparison(difference, p, None, DIFFERS if p < alpha else WITHIN_NOISE, test)
     p = t_two_sided_p(t, df)
-    return Comparison(diff, p, df, DIFFERS if p < alpha else WITHIN_NOISE)
+    return Comparison(difference, p, df, DIFFERS if p < alpha else WITHIN_NOISE, test)
+
+
+def paired(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA) -> Comparison:
+    """The paired t-test of mean(a - b), a[i] and b[i] being one pair (the same seed); TOO_SMALL below two pairs."""
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"paired samples of different lengths ({len(a)} and {len(b)})")
+    d = summarize(x - y for x, y in zip(a, b))
+    if d.n < 2:
+        return Comparison(d.mean, None, None, TOO_SMALL, "paired")
+    se = d.std / math.sqrt(d.n)
+    return _verdict(d.mean, d.mean / se if se else None, d.n - 1, se, alpha, "paired")
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of the p-values given (None: not compared, left out and kept None).
+
+    Sorted ascending, the i-th of m gets max over j <= i of min(1, (m - j + 1) · p_(j)); a hypothesis is rejected
+    at level alpha when its adjusted p-value is below alpha (the family-wise error rate is then at most alpha)."""
+    known = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(known)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def nct_cdf(t: float, df: float, nc: float) -> float:
+    """P(T' <= t) for the noncentral t with `df` degrees of freedom and noncentrality `nc`.
+
+    T' = (Z + nc) / U with U = sqrt(V / df), V chi-squared with df degrees of freedom, so
+    P(T' <= t) = E[Φ(t·U - nc)]: integrated here over U's density with Simpson's rule (numpy)."""
+    import numpy as np
+
+    spread = 15.0 / math.sqrt(df)
+    low, high = max(0.0, 1.0 - spread), 1.0 + spread + (10.0 if df < 4 else 0.0)
+    # u = w²: U's density has a u^(df-1) cusp at 0 for small df; in w it is smooth, and Simpson's rule is accurate
+    w = np.linspace(math.sqrt(low), math.sqrt(high), 8001)
+    u = w * w
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    log_density = (math.log(4.0) + (df / 2.0) * math.log(df / 2.0) - math.lgamma(df / 2.0)
+                   + (2.0 * df - 1.0) * log_w - df * u * u / 2.0)  # g(w²)·2w, g the density of sqrt(V / df)
+    density = np.exp(np.where(w > 0, log_density, -np.inf))
+    values = 0.5 * _erfc_vec(-(t * w * w - nc) / math.sqrt(2.0)) * density
+    step = w[1] - w[0]
+    weights = np.ones_like(w)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    return float(min(1.0, max(0.0, step / 3.0 * np.dot(weights, values))))
+
+
+def _erfc_vec(x):
+    import numpy as np
+
+    return np.array([math.erfc(v) for v in x.tolist()]) if x.size < 64 else np.vectorize(math.erfc, otypes=[float])(x)
+
+
+#: `seeds_needed` looks no further than this many seeds per row
+MAX_SEEDS = 1000
+POWER = 0.8
+
+
+def power(n: int, difference: float, sd_a: float, sd_b: float | None = None, alpha: float = ALPHA) -> float:
+    """Power of the two-sided test at level `alpha` to detect `difference` with `n` seeds per row.
+
+    Paired (`sd_b` None; `sd_a` is the spread of the per-seed differences): t = mean(d) / (s_d / √n), n - 1 df.
+    Welch (`sd_b` given): t = difference / √((s_a² + s_b²) / n), Welch–Satterthwaite df at n seeds each.
+    The statistic then follows a noncentral t with noncentrality difference / standard error."""
+    if sd_b is None:
+        se, df = sd_a / math.sqrt(n), n - 1.0
+    else:
+        va, vb = sd_a**2 / n, sd_b**2 / n
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n - 1)) if va + vb > 0 else n - 1.0
+    if se == 0.0:
+        return 1.0 if difference != 0.0 else alpha
+    nc = difference / se
+    critical = t_quantile(1.0 - alpha / 2.0, df)
+    return (1.0 - nct_cdf(critical, df, nc)) + nct_cdf(-critical, df, nc)
+
+
+def seeds_needed(difference: float, sd_a: float, sd_b: float | None = None, alpha: float = ALPHA, target: float = POWER) -> int | None:
+    """The fewest seeds per row (at least 2) at which the test would detect `difference` with power `target`, taking
+    the observed spreads as the true ones; None when no difference was observed or more than MAX_SEEDS are needed."""
+    if difference == 0.0 or not math.isfinite(difference):
+        return None
+    if power(MAX_SEEDS, difference, sd_a, sd_b, alpha) < target:
+        return None
+    low, high = 2, MAX_SEEDS  # power grows with n: bisect for the first n reaching the target
+    if power(low, difference, sd_a, sd_b, alpha) >= target:
+        return low
+    while high - low > 1:
+        mid = (low + high) // 2
+        if power(mid, difference, sd_a, sd_b, alpha) >= target:
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 # -- table rows from result files ---------------------------------------------------------------
