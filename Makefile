@@ -18,7 +18,7 @@ $(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) requirements/opendelta.txt
 	$(PYTHON) -m venv $(VENV)
 	@# torch: keep a compatible one if present (e.g. a CUDA build); else take the pinned CPU/CUDA wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,test]"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,test,tensorboard]"
 	@# OpenDelta's metadata requires the dead `sklearn` package: install it without deps, plus what it imports
 	$(BIN)/pip install -c $(CONSTRAINTS) -r requirements/opendelta.txt
 	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps opendelta

@@ -34,8 +34,10 @@ DOCKER_TTY        ?= $(shell [ -t 0 ] && echo -it)
 TEST_IMAGE        ?= ptuning:docker-test
 STANDIN_IMAGE     ?= ptuning-standin-base
 
+# PTUNING_IMAGE / PTUNING_IMAGE_ID: recorded in every result (environment.image), so a result names its image.
 DOCKER_RUN = docker run --rm --init $(DOCKER_TTY) $(if $(strip $(GPUS)),--gpus $(GPUS)) \
 	--user $(USER_ID):$(GROUP_ID) --shm-size $(SHM_SIZE) \
+	-e PTUNING_IMAGE=$(IMAGE) -e PTUNING_IMAGE_ID=$$(docker image inspect -f '{{.Id}}' $(IMAGE) 2>/dev/null) \
 	-v "$(abspath $(HF_CACHE))":/hf-cache -v "$(abspath $(RESULTS))":/app/results \
 	$(DOCKER_RUN_ARGS)
 

@@ -88,6 +88,9 @@ def run_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
         click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
+        click.option("--tracker", "trackers", multiple=True, metavar="NAME",
+                     help="Also send each run's metrics to a tracker: tensorboard (event files in the run's folder). "
+                          "metrics.jsonl is always written."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -156,9 +159,11 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     Each run locks its own run directory; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
     """
     from ptuning.run.interrupt import StopRequest
+    from ptuning.run.metrics import check_trackers
     from ptuning.run.runner import resolve_device, run_job
 
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
+    check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     jobs = [job.override(values) for job in jobs]  # validate every override first
     failures = []
@@ -169,7 +174,7 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
                 stop.check(f"stopped before {label}")
                 try:
                     run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo,
-                            force=kwargs.get("force", False), stop=stop)
+                            force=kwargs.get("force", False), stop=stop, trackers=tuple(kwargs.get("trackers") or ()))
                 except PtuningError as exc:
                     click.echo(f"ptuning: error: [{label}] {exc}", err=True)
                     failures.append((label, str(exc)))
@@ -184,16 +189,19 @@ def child_options(kwargs: dict) -> list[str]:
         if isinstance(values.get(key), str) and Path(values[key]).exists():
             values[key] = str(Path(values[key]).resolve())
     words = override_args(values) + ["--device", kwargs["device"], "--output-dir", str(Path(kwargs["output_dir"]).resolve())]
+    words += [word for name in kwargs.get("trackers") or () for word in ("--tracker", name)]
     return words + (["--force"] if kwargs.get("force") else [])
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
     import signal
 
+    from ptuning.run.metrics import check_trackers
     from ptuning.run.parallel import run_concurrently
     from ptuning.run.runner import check_writable, resolve_device
 
     resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
+    check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     for job in jobs:
         job.override(values)

@@ -32,6 +32,8 @@ def test_docker_run_one_job_and_variables():
     line = docker_run_line(dry_run("docker-run", "JOB=lora_8_peft", "IMAGE=me/pt:1", "GPUS=device=1"))
     assert line.rstrip().endswith("me/pt:1 run lora_8_peft") and "--gpus device=1" in line
     assert "--gpus" not in docker_run_line(dry_run("docker-run", "GPUS="))
+    # the image a result ran in is recorded in it (environment.image)
+    assert "-e PTUNING_IMAGE=me/pt:1 -e PTUNING_IMAGE_ID=$(docker image inspect -f '{{.Id}}' me/pt:1 2>/dev/null)" in line
 
 
 def test_local_run_targets():

@@ -132,14 +132,64 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit() -> str | None:
+def _git(cwd: Path, *args: str) -> bytes | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        )
+        out = subprocess.run(["git", *args], capture_output=True, timeout=10, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The checkout ptuning runs from: its commit, whether the working tree differs from it (tracked changes or
+    untracked files that git does not ignore), and a SHA-256 of those differences (the diff against the commit, then
+    each untracked file's path and content), so that two runs from the same dirty tree can be told apart from runs
+    of different edits. All None outside a git checkout (an installed package, the Docker image)."""
+    import hashlib
+
+    cwd = cwd or Path(__file__).resolve().parent
+    commit = _git(cwd, "rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
+    digest = hashlib.sha256(_git(cwd, "diff", "HEAD", "--binary") or b"")
+    top = Path((_git(cwd, "rev-parse", "--show-toplevel") or b".").decode().strip())
+    untracked = [name for name in (_git(cwd, "ls-files", "--others", "--exclude-standard", "-z", "--full-name", ":/") or b"").split(b"\0") if name]
+    for name in sorted(untracked):
+        digest.update(b"\0untracked\0" + name + b"\0")
+        try:
+            digest.update((top / name.decode(errors="surrogateescape")).read_bytes())
+        except OSError:
+            pass
+    dirty = bool((_git(cwd, "diff", "HEAD", "--quiet", "--exit-code") is None) or untracked)
+    return {"git_commit": commit.decode().strip() or None, "git_dirty": dirty, "git_diff_sha256": digest.hexdigest() if dirty else None}
+
+
+def git_commit() -> str | None:
+    return git_state()["git_commit"]
+
+
+def command_line() -> str:
+    """The command that started this process, as a shell would take it back (`ptuning run lora_8 --seeds 0,1`)."""
+    import shlex
+    import sys
+
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.find_root().meta.get("ptuning.argv") if ctx is not None else None
+    if argv is not None:
+        return shlex.join(["ptuning", *argv])
+    return shlex.join(sys.argv)
+
+
+def container_image() -> dict[str, str | None] | None:
+    """The Docker image this runs in, as `make docker-run` names it (PTUNING_IMAGE, PTUNING_IMAGE_ID); None outside."""
+    import os
+
+    tag, image_id = os.environ.get("PTUNING_IMAGE"), os.environ.get("PTUNING_IMAGE_ID")
+    if tag is None and image_id is None and not Path("/.dockerenv").exists():
+        return None
+    return {"tag": tag, "id": image_id or None}
 
 
 def environment(device) -> dict[str, Any]:
@@ -153,6 +203,8 @@ def environment(device) -> dict[str, Any]:
         "gpu": gpu,
         "cuda": torch.version.cuda,
         "packages": package_versions(),
-        "git_commit": git_commit(),
+        **git_state(),
+        "command": command_line(),
+        "image": container_image(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -16,6 +16,14 @@ from ptuning.report import results
 from ptuning.run.state import Run, RunState
 
 
+def peak_memory(device: torch.device) -> dict[str, int]:
+    """The process's peak GPU memory so far (allocated, reserved), in bytes; nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device),
+            "peak_gpu_memory_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+
+
 def shared(run: Run, status: str, epochs: list[dict[str, Any]]) -> dict[str, Any]:
     """The fields of every result, completed or failed."""
     job = run.job
@@ -36,7 +44,6 @@ def completed(run: Run, state: RunState, artifact: Path | None) -> dict[str, Any
     """A completed run: the selected epoch and figure, the maxima, times, memory, speed path and the saved state."""
     epochs, device = state.epochs, run.device
     best = max(epochs, key=lambda e: e["accuracy"])  # first epoch reaching the max
-    cuda = device.type == "cuda"
     return {
         **shared(run, "completed", epochs),
         **protocol.select(epochs, run.job.settings.protocol),
@@ -52,10 +59,9 @@ def completed(run: Run, state: RunState, artifact: Path | None) -> dict[str, Any
         "save_seconds": state.save_seconds,
         "resumed_from": state.resumed_from,
         "speed": run.engine.describe(),
-        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
-        # what the process held: also the memory a CUDA graph's private pool keeps for its replays, which the
-        # allocated figure does not count once the capture is over
-        "peak_gpu_memory_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
+        # reserved: what the process held, also the memory a CUDA graph's private pool keeps for its replays, which
+        # the allocated figure does not count once the capture is over
+        "peak_gpu_memory_bytes": None, "peak_gpu_memory_reserved_bytes": None, **peak_memory(device),
         "artifact": Path(artifact).name if artifact else None,
         "artifact_bytes": results.disk_bytes(artifact),
     }

@@ -28,6 +28,7 @@ from ptuning.report.results import run_dir, write_result
 from ptuning.run import checkpoint, record
 from ptuning.run.interrupt import StopRequest, pause_hook
 from ptuning.run.lock import RunLock
+from ptuning.run.metrics import MetricsLog
 from ptuning.run.state import Run, RunState
 from ptuning.settings import Job
 
@@ -35,12 +36,13 @@ _SPLITS: dict[tuple[str, str | None], Any] = {}
 
 
 def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Callable[[str], None] = click.echo,
-            force: bool = False, stop: StopRequest | None = None) -> dict[str, Any]:
+            force: bool = False, stop: StopRequest | None = None, trackers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train and evaluate one job (one seed) in `<output_dir>/<job>/seed<N>` (`heldout-seed<N>` under the heldout
     protocol); write its result.json and trained parameters. A method that does not train (zero-shot) is evaluated
     once, as epoch 0. A completed result of the same configuration is skipped, a checkpoint of it resumed; `force`
     starts afresh. `stop` is looked at after every step: when a signal asked to stop, a checkpoint is written and
-    `Interrupted` raised. The run directory is locked while it runs (another process running it is refused)."""
+    `Interrupted` raised. The run directory is locked while it runs (another process running it is refused); its
+    metrics go to metrics.jsonl as it goes, and to the `trackers` named (ptuning/run/metrics.py)."""
     output_dir, device = Path(output_dir), resolve_device(device_name)
     check_writable(output_dir)
     method = build_method(job.method, job.implementation, job.knobs)
@@ -57,15 +59,20 @@ def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Ca
         prepare(run)
         if found is not None:
             restore(run, state, found)
-        state.start()
+        run.metrics = MetricsLog(run.rdir, trackers, fresh=found is None)
         try:
+            run.metrics.event("resume" if found else "start", **state.progress(), path=run.engine.name, seed=job.settings.seed)
+            state.start()
             for epoch in range(len(state.epochs) + 1 if run.n_epochs else 0, run.n_epochs + 1):
                 train_and_evaluate(run, state, epoch, stop)
+            return finish(run, state)
         except (NonFiniteLoss, torch.OutOfMemoryError) as exc:
             reason = str(exc) if isinstance(exc, NonFiniteLoss) else f"out of memory on {device} in {job.name} (try a smaller batch_size)"
             record.write_failure(run, state, reason)
+            run.metrics.event("failed", reason=reason)
             raise PtuningError(f"{reason}; recorded as failed in {run.result_path}") from None
-        return finish(run, state)
+        finally:
+            run.metrics.close()
 
 
 def prepare(run: Run) -> None:
@@ -129,9 +136,10 @@ def train_and_evaluate(run: Run, state: RunState, epoch: int, stop: StopRequest 
             loss = run.engine.train_epoch(
                 run.model, run.loader, run.optimizer, description=f"{run.job.name} epoch {epoch}/{n}", start_step=state.step,
                 start_total=state.loss_total, should_stop=lambda: stop is not None and stop.requested,
-                on_step=lambda step, value: pause_hook(epoch, step, stop))  # a test hook; nothing unless PTUNING_TEST_PAUSE
+                on_step=lambda step, value: on_step(run, epoch, step, value, stop))
         except StopEpoch as halt:
             save_checkpoint(run, state, epoch_start, halt.steps, halt.total, state.step_seconds + time.perf_counter() - t0)
+            run.metrics.event("stopped", epoch=epoch, step=halt.steps)
             stop.check(f"{run.job.name} stopped in epoch {epoch}/{n} after step {halt.steps} of {len(run.loader)}; "
                        f"checkpoint: {run.checkpoint_path}")
     t1 = time.perf_counter()
@@ -143,6 +151,7 @@ def train_and_evaluate(run: Run, state: RunState, epoch: int, stop: StopRequest 
     t2 = time.perf_counter()
     done.update(train_seconds=state.step_seconds + t1 - t0, eval_seconds=t2 - t1)
     state.epoch_done(done)
+    run.metrics.epoch(done, len(run.loader), **record.peak_memory(run.device))
     if run.optimizer is not None:
         save_checkpoint(run, state, run.generator.get_state(), 0, 0.0, 0.0)
     val = f", validation {done['val_accuracy']:.2f}%" if "val_accuracy" in done else ""
@@ -150,6 +159,11 @@ def train_and_evaluate(run: Run, state: RunState, epoch: int, stop: StopRequest 
             + f"test accuracy {done['accuracy']:.2f}%{val}, train {done['train_seconds']:.1f}s, eval {t2 - t1:.1f}s")
     if stop is not None and epoch < n:  # after the last epoch, finish the job instead
         stop.check(f"{run.job.name} stopped after epoch {epoch}/{n}; checkpoint: {run.checkpoint_path}")
+
+
+def on_step(run: Run, epoch: int, step: int, value: float, stop: StopRequest | None) -> None:
+    run.metrics.step(epoch, step, len(run.loader), value)
+    pause_hook(epoch, step, stop)  # a test hook; does nothing unless PTUNING_TEST_PAUSE is set
 
 
 def save_checkpoint(run: Run, state: RunState, generator_state: torch.Tensor, step: int, loss_total: float,
@@ -174,6 +188,8 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
         run.checkpoint_path.unlink()  # the result and the parameters now hold everything
     except FileNotFoundError:
         pass
+    run.metrics.event("end", reported_accuracy=result["reported_accuracy"], selected_epoch=result["selected_epoch"],
+                      wall_seconds=result["wall_seconds"])
     run.say(f"reported test accuracy {result['reported_accuracy']:.2f}% at epoch {result['selected_epoch']} "
             f"(selected by {result['selected_by']}); result: {run.result_path}")
     return result

@@ -30,6 +30,7 @@ class Run:
     optimizer: torch.optim.Optimizer | None = None  # None: the method does not train (zero-shot)
     generator: torch.Generator | None = None  # the training loader's shuffle
     generation_model: Any = None
+    metrics: Any = None  # ptuning.run.metrics.MetricsLog
 
     @property
     def n_epochs(self) -> int:
@@ -76,6 +77,9 @@ class RunState:
     @property
     def wall_seconds(self) -> float:
         return self.prior_wall + time.perf_counter() - self.started
+
+    def progress(self) -> dict[str, int]:
+        return {"epochs_done": len(self.epochs), "step": self.step}
 
     def epoch_done(self, record: dict[str, Any]) -> None:
         self.epochs.append(record)

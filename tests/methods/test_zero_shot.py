@@ -42,7 +42,7 @@ def test_zero_shot_runs_without_any_optimizer_step(tmp_path, monkeypatch, tiny_m
     assert result["selected_epoch"] == 0 and result["reported_accuracy"] == result["epochs"][0]["accuracy"]
     assert result["params"]["trainable"] == 0 and result["params"]["added"] == 0 and result["params"]["match"]
     assert result["artifact"] is None and result["artifact_bytes"] is None
-    assert sorted(p.name for p in (tmp_path / "zero_shot" / "seed0").iterdir()) == ["result.json"]
+    assert sorted(p.name for p in (tmp_path / "zero_shot" / "seed0").iterdir()) == ["metrics.jsonl", "result.json"]
     from ptuning.report.results import read_result, schema_problem
 
     assert schema_problem(result) is None and read_result(tmp_path / "zero_shot" / "seed0" / "result.json") == result

@@ -73,7 +73,7 @@ def reference(jobs_dir, tmp_path_factory) -> list[tuple[float, float]]:
     out = tmp_path_factory.mktemp("reference")
     result = run_a(jobs_dir, out)
     assert result.exit_code == 0, result.output
-    assert files(out) == ["a/seed0/lora.pt", "a/seed0/result.json"]  # checkpoint removed, lock released
+    assert files(out) == ["a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]  # checkpoint removed, lock released
     return metrics(out)
 
 
@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(jobs_dir, r
     assert "resuming from" in result.output and "the end of epoch 1" in result.output
     assert metrics(out) == reference
     assert json.loads((out / "a/seed0/result.json").read_text())["resumed_from"] == {"epochs_done": 1, "step": 0}
-    assert files(out) == ["a/seed0/lora.pt", "a/seed0/result.json"]
+    assert files(out) == ["a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]
 
 
 def test_sigterm_checkpoints_mid_epoch_says_how_to_resume_and_the_lock_stops_a_second_run(jobs_dir, reference, tmp_path):
@@ -202,7 +202,8 @@ def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_file(jobs_dir, 
     assert result.exit_code == 1
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "checkpoint.pt: No space left on device; free some space and rerun" in err[0]
-    assert files(out) == []  # no checkpoint, no temporary, no lock
+    assert files(out) == ["a/seed0/metrics.jsonl"]  # no checkpoint, no temporary, no lock; the log of what ran
+    assert [json.loads(line)["event"] for line in (out / "a/seed0/metrics.jsonl").read_text().splitlines()] == ["start", "step", "epoch"]
 
 
 def test_full_disk_while_writing_the_result_loses_nothing(jobs_dir, reference, tmp_path, monkeypatch):
@@ -395,7 +396,7 @@ def test_zero_shot_rerun_is_skipped(tmp_path, tiny_model_dir, tiny_data_dir):
     assert first.exit_code == 0, first.output
     again = cli(jobs, "run", "zs", "--device", "cpu", "--output-dir", str(out))
     assert again.exit_code == 0 and "already completed with this configuration" in again.output
-    assert files(out) == ["zs/seed0/result.json"]
+    assert files(out) == ["zs/seed0/metrics.jsonl", "zs/seed0/result.json"]
 
 
 def test_time_outside_train_and_eval_is_recorded(jobs_dir, tmp_path, monkeypatch):
