@@ -71,7 +71,7 @@ def _flag(key: str) -> str:
 def run_options(f):
     """Options shared by `run` and `run-all` (they override the job files): the shortcuts and `--set`, drawn from the
     settings schema (ptuning/settings.py), and what is not a setting (device, output folder, --force)."""
-    from ptuning.settings import SETTINGS
+    from ptuning.settings import SETTINGS, SWEEP_CONFIRM
 
     options = []
     for key in SHORTCUTS:
@@ -88,6 +88,7 @@ def run_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
         click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
+        click.option("--yes", is_flag=True, help=f"Run grids (`sweep:` in a job file) even when they start more than {SWEEP_CONFIRM} runs."),
         click.option("--tracker", "trackers", multiple=True, metavar="NAME",
                      help="Also send each run's metrics to a tracker: tensorboard (event files in the run's folder). "
                           "metrics.jsonl is always written."),
@@ -161,11 +162,14 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     from ptuning.run.interrupt import StopRequest
     from ptuning.run.metrics import check_trackers
     from ptuning.run.runner import resolve_device, run_job
+    from ptuning.settings import confirm_runs, expand
 
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     jobs = [job.override(values) for job in jobs]  # validate every override first
+    confirm_runs(jobs, kwargs.get("yes", False))
+    jobs = expand(jobs)  # a job with a grid runs its points
     failures = []
     with StopRequest() as stop:
         for job in jobs:
@@ -190,7 +194,7 @@ def child_options(kwargs: dict) -> list[str]:
             values[key] = str(Path(values[key]).resolve())
     words = override_args(values) + ["--device", kwargs["device"], "--output-dir", str(Path(kwargs["output_dir"]).resolve())]
     words += [word for name in kwargs.get("trackers") or () for word in ("--tracker", name)]
-    return words + (["--force"] if kwargs.get("force") else [])
+    return words + (["--force"] if kwargs.get("force") else []) + (["--yes"] if kwargs.get("yes") else [])
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
@@ -199,12 +203,13 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
     from ptuning.run.metrics import check_trackers
     from ptuning.run.parallel import run_concurrently
     from ptuning.run.runner import check_writable, resolve_device
+    from ptuning.settings import confirm_runs, expand
 
     resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
-    for job in jobs:
-        job.override(values)
+    confirm_runs([job.override(values) for job in jobs], kwargs.get("yes", False))
+    names = [job.name for job in expand(jobs)]  # each point of a grid in a process of its own
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
 
@@ -213,8 +218,8 @@ def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> lis
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:  # each child locks the run directories it runs
-        click.echo(f"ptuning: running {len(jobs)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
-        return run_concurrently([j.name for j in jobs], child_options(kwargs), output_dir, concurrency,
+        click.echo(f"ptuning: running {len(names)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
+        return run_concurrently(names, child_options(kwargs), output_dir, concurrency,
                                 jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -232,28 +237,46 @@ def _load_results(results_dir: Path, quiet: bool = False) -> dict:
     return results
 
 
+def report_jobs(jobs, results: dict) -> list:
+    """The rows a report shows: each job, and after a job with a grid its points (the job itself only if it has
+    results of its own: a job with a grid runs its points)."""
+    out = []
+    for job in jobs:
+        points = job.points()
+        if not points or job.name in results:
+            out.append(job)
+        out += points
+    return out
+
+
 def _print_tables(jobs, results_dir: Path) -> None:
     from ptuning.report.plots import plot_paths
     from ptuning.report.tables import tables
 
-    click.echo(tables(jobs, _load_results(results_dir), plot_paths(results_dir)))
+    results = _load_results(results_dir)
+    click.echo(tables(report_jobs(jobs, results), results, plot_paths(results_dir)))
 
 
 def _write_plots(jobs, results_dir: Path, quiet: bool = False) -> list[Path]:
     from ptuning.report.plots import write_plots
 
-    return write_plots(jobs, _load_results(results_dir, quiet), results_dir)
+    results = _load_results(results_dir, quiet)
+    return write_plots(report_jobs(jobs, results), results, results_dir)
 
 
 @main.command("list")
+@click.option("--points", "with_points", is_flag=True, help="Also list each point of the jobs' grids (`sweep:`).")
+@click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
 @click.pass_context
-def list_jobs(ctx: click.Context) -> None:
+def list_jobs(ctx: click.Context, with_points: bool, job_refs: tuple[str, ...]) -> None:
     """List the jobs in jobs/ (row, name, title, method, implementation, knob, learning rate)."""
     from tabulate import tabulate
 
-    from ptuning.settings import load_all_jobs
+    from ptuning.settings import load_all_jobs, load_job
 
-    jobs = load_all_jobs(_jobs_dir(ctx))
+    jobs = [load_job(ref, _jobs_dir(ctx)) for ref in job_refs] if job_refs else load_all_jobs(_jobs_dir(ctx))
+    if with_points:
+        jobs = [j for job in jobs for j in (job, *job.points())]
     rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.settings.lr is None else j.settings.lr] for j in jobs]
     click.echo(tabulate(rows, headers=["row", "job", "title", "method", "implementation", "knob", "lr"], tablefmt="github", disable_numparse=True))
 

@@ -139,7 +139,11 @@ SETTINGS: dict[str, Spec] = _specs()
 #: descriptive keys of a job file (not training settings)
 DESCRIPTIVE = {"title": str, "row": int, "notes": str}
 REFERENCE_KEYS = {"accuracy": float, "total_params": int}
-TOP_LEVEL = set(SETTINGS) | set(DESCRIPTIVE) | {"method", "reference"}
+TOP_LEVEL = set(SETTINGS) | set(DESCRIPTIVE) | {"method", "reference", "sweep"}
+#: settings a sweep may not vary: seeds are a run's repetitions (--seeds), not a point of a grid
+NOT_SWEPT = {"seed", "seeds"}
+#: more runs than this (grid points × seeds) from one command line need --yes
+SWEEP_CONFIRM = 24
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,10 @@ class Job:
     reference_accuracy: float | None = None
     reference_total_params: int | None = None
     notes: str = ""
+    #: a grid (`sweep:` in the job file): key (a setting or `method.KNOB`) -> the values it takes
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    #: for one point of a grid: the point ("lr=3e-4,rank=8"); `name` is then "<job>/<point>"
+    variant: str = ""
 
     @property
     def seed_list(self) -> list[int]:
@@ -200,7 +208,78 @@ class Job:
             "row": self.row,
             "method": {"name": self.method, "implementation": self.implementation, **self.knobs},
             **dataclasses.asdict(self.settings),
+            **({"variant": self.variant} if self.variant else {}),
         }
+
+    @property
+    def base_name(self) -> str:
+        """The job file's name (a point of a grid is named "<job>/<point>")."""
+        return self.name.split("/", 1)[0]
+
+    def points(self) -> list["Job"]:
+        """The grid's points as jobs of their own, in grid order (the last key varying fastest); [] without a grid.
+
+        A point is named by its values, `lora_8_peft/lr=3e-4,rank=8`, runs in `<output>/lora_8_peft/lr=3e-4,rank=8/`,
+        and drops the job file's reference figures (they are the exercise's settings')."""
+        import itertools
+
+        if not self.sweep:
+            return []
+        keys = list(self.sweep)
+        out = []
+        for values in itertools.product(*(self.sweep[k] for k in keys)):
+            point = ",".join(f"{_short_key(k)}={_short_value(v)}" for k, v in zip(keys, values))
+            job = self.override(dict(zip(keys, values)), where=f"{self.name} (sweep)")
+            out.append(dataclasses.replace(job, name=f"{self.name}/{point}", variant=point, sweep={},
+                                           reference_accuracy=None, reference_total_params=None))
+        return out
+
+    def point(self, variant: str) -> "Job":
+        """One point of the grid by its name ("lr=3e-4,rank=8")."""
+        for job in self.points():
+            if job.variant == variant:
+                return job
+        names = [j.variant for j in self.points()]
+        if not names:
+            raise PtuningError(f"{self.name} has no sweep: its points cannot be named (`{self.name}/{variant}`)")
+        close = difflib.get_close_matches(variant, names, n=2, cutoff=0.5)
+        raise PtuningError(f"{self.name} has no point {variant!r}" + (f"; nearest: {', '.join(close)}" if close else "")
+                           + f" (its {len(names)} points: `ptuning list --points {self.name}`)")
+
+
+def _short_key(key: str) -> str:
+    return key[len("method."):] if key.startswith("method.") else key
+
+
+def _short_value(value: Any) -> str:
+    """A grid value as it reads in a point's name: 3e-4, 0.1, 8, true, bf16."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+            mantissa, exponent = f"{value:.6e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def expand(jobs: list[Job]) -> list[Job]:
+    """Each job, or each point of its grid in its place (a job with a sweep runs its points, not itself)."""
+    return [point for job in jobs for point in (job.points() or [job])]
+
+
+def count_runs(jobs: list[Job]) -> int:
+    return sum(len(job.seed_list) for job in expand(jobs))
+
+
+def confirm_runs(jobs: list[Job], yes: bool, limit: int = SWEEP_CONFIRM) -> None:
+    """Refuse (one line) to start more runs than `limit` from grids unless `yes`."""
+    if yes or not any(job.sweep for job in jobs):
+        return
+    total = count_runs(jobs)
+    if total > limit:
+        grids = ", ".join(f"{job.name}: {len(job.points())} points × {len(job.seed_list)} seeds" for job in jobs if job.sweep)
+        raise PtuningError(f"this would start {total} runs ({grids}); pass --yes to run them, or make the grid smaller")
 
 
 def _trains(job: Job) -> bool:
@@ -488,6 +567,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
     elif values["lr"] is None and trains:
         raise PtuningError(f"{where}: 'lr' must be set")
     knobs = check_knobs(where, cls, {k: v for k, v in block.items() if k not in ("name", "implementation")})
+    sweep = parse_sweep(where, data.get("sweep"), cls, knobs) if "sweep" in data else {}
 
     reference = data.get("reference") or {}
     if not isinstance(reference, dict):
@@ -512,7 +592,47 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
         reference_accuracy=reference.get("accuracy"),
         reference_total_params=reference.get("total_params"),
         notes=descriptive.get("notes", ""),
+        sweep=sweep,
     )
+
+
+#: a grid's values must name a point in a folder name and on a command line
+_POINT_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def parse_sweep(where: str, block: Any, cls, knobs: dict[str, Any]) -> dict[str, list[Any]]:
+    """`sweep:` of a job file: {key: [values]}, each key a setting or a knob of the job's method (`rank` or
+    `method.rank`), each value checked like the file's own; returns canonical keys (`method.rank`)."""
+    if not isinstance(block, dict) or not block:
+        raise PtuningError(f"{where}: 'sweep' must be a mapping of settings or method knobs to lists of values, "
+                           "e.g. sweep: {lr: [1.0e-4, 3.0e-4], rank: [1, 8]}")
+    _check_keys(where, block, "sweep.")
+    out: dict[str, list[Any]] = {}
+    for key, values in block.items():
+        knob = key[len("method."):] if key.startswith("method.") else key
+        if key in NOT_SWEPT:
+            raise PtuningError(f"{where}: 'sweep.{key}' cannot be swept; give the seeds with 'seeds' or --seeds")
+        if key not in SETTINGS and knob not in cls.knobs:
+            options = sorted(set(SETTINGS) - NOT_SWEPT) + sorted(cls.knobs)
+            raise PtuningError(f"{where}: 'sweep.{key}' is neither a setting nor a knob of {cls.name}/{cls.implementation}"
+                               f"{_suggest(key, options)}")
+        if not isinstance(values, list) or not values:
+            raise PtuningError(f"{where}: 'sweep.{key}' must be a non-empty list of values, got {_show(values)}")
+        if key in SETTINGS:
+            checked = [check_setting(f"{where} (sweep)", key, v) for v in values]
+            canonical = key
+        else:
+            checked = [check_knobs(f"{where} (sweep)", cls, {**knobs, knob: v})[knob] for v in values]
+            canonical = f"method.{knob}"
+        if len({repr(v) for v in checked}) != len(checked):
+            raise PtuningError(f"{where}: 'sweep.{key}' has a value twice: {_show(values)}")
+        bad = [v for v in checked if not _POINT_VALUE.match(_short_value(v))]
+        if bad:
+            raise PtuningError(f"{where}: 'sweep.{key}' value {_show(bad[0])} cannot name a point (letters, digits and . _ + - only)")
+        if canonical in out:
+            raise PtuningError(f"{where}: 'sweep' names {knob!r} twice")
+        out[canonical] = checked
+    return out
 
 
 def load_job_file(path: Path, defaults: dict[str, Any] | None = None) -> Job:
@@ -531,7 +651,11 @@ def job_names(directory: Path) -> list[str]:
 
 
 def load_job(ref: str, directory: Path | None = None) -> Job:
-    """A job by name (file stem in the jobs directory) or by path to a YAML file."""
+    """A job by name (file stem in the jobs directory), one point of a job's grid (`lora_8_peft/lr=3e-4,rank=8`), or
+    a path to a YAML file."""
+    base, sep, variant = ref.partition("/")
+    if sep and "=" in variant and not ref.endswith((".yaml", ".yml")):
+        return load_job(base, directory).point(variant)
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or os.sep in ref:
         if not path.is_file():

@@ -107,10 +107,13 @@ def schema_problem(result: dict[str, Any]) -> str | None:
 
 
 def load_results(results_dir: Path, skipped: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """job name → its result dicts (one per seed and protocol). An unreadable file is left out, and what was wrong
-    with it appended to `skipped` (one line per file) when given."""
+    """job name → its result dicts (one per seed and protocol); a point of a grid is its own job
+    ("lora_8_peft/lr=3e-4,rank=8"). An unreadable file is left out, and what was wrong with it appended to `skipped`
+    (one line per file) when given."""
     results: dict[str, list[dict[str, Any]]] = {}
-    paths = [*Path(results_dir).glob(f"*/seed*/{RESULT_FILE}"), *Path(results_dir).glob(f"*/*-seed*/{RESULT_FILE}")]
+    root = Path(results_dir)
+    paths = [path for pattern in ("*/seed*", "*/*-seed*", "*/*=*/seed*", "*/*=*/*-seed*")  # jobs, and points of grids
+             for path in root.glob(f"{pattern}/{RESULT_FILE}")]
     for path in sorted(paths):
         try:
             result = read_result(path)
@@ -118,7 +121,7 @@ def load_results(results_dir: Path, skipped: list[str] | None = None) -> dict[st
             if skipped is not None:
                 skipped.append(str(exc))
             continue
-        results.setdefault(result.get("job", path.parent.parent.name), []).append(result)
+        results.setdefault(result.get("job", path.parent.parent.relative_to(root).as_posix()), []).append(result)
     return results
 
 

@@ -71,6 +71,7 @@ def run_concurrently(job_names: Sequence[str], options: Sequence[str], output_di
 
     def start(name: str) -> None:
         cmd = child_command(name, jobs_dir, options)
+        (logs / f"{name}.log").parent.mkdir(parents=True, exist_ok=True)  # a grid's point: logs/<job>/<point>.log
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         thread = threading.Thread(target=pump, args=(name, proc, logs / f"{name}.log"), daemon=True)
         thread.start()

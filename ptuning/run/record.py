@@ -29,6 +29,7 @@ def shared(run: Run, status: str, epochs: list[dict[str, Any]]) -> dict[str, Any
     job = run.job
     return {
         "job": job.name,
+        "variant": job.variant or None,
         "title": job.title,
         "row": job.row,
         "status": status,
