@@ -335,6 +335,53 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
 
 
 @main.command()
+@click.argument("job_refs", metavar="JOB [JOB ...]", nargs=-1, required=True)
+@run_options
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2",
+              help="The grid of one key (a setting or method knob), replacing the job file's for it; repeatable.")
+@click.option("--search-seeds", metavar="N,M,...", help="Seeds of the search runs (default: the first of --seeds).")
+@click.option("--budget-epochs", type=click.IntRange(min=1), help="Epochs of each search run (default: the job's).")
+@click.pass_context
+def tune(ctx: click.Context, job_refs: tuple[str, ...], sweeps: tuple[str, ...], search_seeds: str | None,
+         budget_epochs: int | None, **kwargs) -> None:
+    """Choose each job's grid point on held-out validation data, then report its test accuracy beside the job's own settings.
+
+    Search runs go to OUTPUT_DIR/search/, the chosen point and the job's own settings (every seed, heldout protocol)
+    to OUTPUT_DIR/, the choice to OUTPUT_DIR/tune.json, the tables to OUTPUT_DIR/TUNE.md.
+    """
+    from ptuning.atomic import atomic_save
+    from ptuning.report.tuning import tune_table
+    from ptuning.run import tune as tune_mod
+    from ptuning.run.interrupt import StopRequest
+    from ptuning.run.metrics import check_trackers
+    from ptuning.run.runner import resolve_device, run_job
+    from ptuning.settings import confirm_runs, load_job
+
+    resolve_device(kwargs["device"])
+    check_trackers(kwargs.get("trackers") or ())
+    values = overrides(kwargs)
+    if values.get("protocol", "heldout") != "heldout":
+        raise PtuningError("tune chooses on validation data: it runs the heldout protocol (drop --protocol)")
+    search = parse_seeds(search_seeds) if search_seeds else None
+    grids = [tune_mod.parse_sweep_option(text) for text in sweeps]
+    jobs = [tune_mod.with_grid(load_job(ref, _jobs_dir(ctx)).override(values), grids) for ref in job_refs]
+    confirm_runs([job.override(seeds=search or job.seed_list[:1]) for job in jobs], kwargs.get("yes", False))
+    total = sum(len(job.points()) * len(search or job.seed_list[:1]) + 2 * len(job.seed_list) for job in jobs)
+    output_dir = Path(kwargs["output_dir"])
+    click.echo(f"ptuning: tuning {len(jobs)} job(s), {total} runs in all (search seeds: {search or 'the first of each job'})")
+    with StopRequest() as stop:
+        def run(job, out):
+            return run_job(job, out, kwargs["device"], force=kwargs.get("force", False), stop=stop,
+                           trackers=tuple(kwargs.get("trackers") or ()))
+
+        summary = tune_mod.tune(jobs, output_dir, run, search, budget_epochs, click.echo)
+    text = tune_table(tune_mod.tune_rows(jobs, summary, _load_results(output_dir)))
+    atomic_save(output_dir / "TUNE.md", lambda tmp: tmp.write_text(text + "\n"))
+    click.echo(text)
+    click.echo(f"ptuning: the choice is in {output_dir / tune_mod.TUNE_FILE}, the tables in {output_dir / 'TUNE.md'}")
+
+
+@main.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--size", type=click.Choice(["small", "t5-small"]), default=None, help="Model shape (default: t5-small on CUDA, small on CPU).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Timed training steps per path (default: 50 on CUDA, 3 on CPU).")

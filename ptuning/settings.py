@@ -600,7 +600,7 @@ def parse_job(name: str, data: dict[str, Any], defaults: dict[str, Any], where: 
 _POINT_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-def parse_sweep(where: str, block: Any, cls, knobs: dict[str, Any]) -> dict[str, list[Any]]:
+def parse_sweep(where: str, block: Any, cls, knobs: dict[str, Any], label: str = "sweep") -> dict[str, list[Any]]:
     """`sweep:` of a job file: {key: [values]}, each key a setting or a knob of the job's method (`rank` or
     `method.rank`), each value checked like the file's own; returns canonical keys (`method.rank`)."""
     if not isinstance(block, dict) or not block:
@@ -619,10 +619,10 @@ def parse_sweep(where: str, block: Any, cls, knobs: dict[str, Any]) -> dict[str,
         if not isinstance(values, list) or not values:
             raise PtuningError(f"{where}: 'sweep.{key}' must be a non-empty list of values, got {_show(values)}")
         if key in SETTINGS:
-            checked = [check_setting(f"{where} (sweep)", key, v) for v in values]
+            checked = [check_setting(f"{where} ({label})", key, v) for v in values]
             canonical = key
         else:
-            checked = [check_knobs(f"{where} (sweep)", cls, {**knobs, knob: v})[knob] for v in values]
+            checked = [check_knobs(f"{where} ({label})", cls, {**knobs, knob: v})[knob] for v in values]
             canonical = f"method.{knob}"
         if len({repr(v) for v in checked}) != len(checked):
             raise PtuningError(f"{where}: 'sweep.{key}' has a value twice: {_show(values)}")

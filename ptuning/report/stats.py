@@ -108,11 +108,16 @@ class Comparison:
     df: float | None
     verdict: str
     test: str = "welch"  # or "paired" (the same seeds: the same data order)
+    p_adjusted: float | None = None  # Holm-adjusted across the rows compared (the verdict then uses it)
+    seeds_needed: int | None = None  # per row, to detect the observed difference at 80% power (None: more than MAX_SEEDS)
 
     def text(self) -> str:
         if self.verdict == TOO_SMALL:
             return TOO_SMALL
         p = "p<0.001" if self.p < 0.001 else f"p={self.p:.3f}"
+        if self.p_adjusted is not None:
+            adjusted = "<0.001" if self.p_adjusted < 0.001 else f"{self.p_adjusted:.3f}"
+            p += f" (Holm {adjusted}, {self.test})"
         return f"{self.difference:+.1f}, {p}: {self.verdict}"
 
 
@@ -291,6 +296,56 @@ def seeds_needed(difference: float, sd_a: float, sd_b: float | None = None, alph
         else:
             low = mid
     return high
+
+
+#: the settings that fix a run's data order: runs that agree on them and on the seed saw the same batches
+DATA_ORDER = ("dataset", "dataset_config", "train_limit", "batch_size", "protocol", "heldout_size", "heldout_seed")
+
+
+def same_data_order(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two rows' runs pair up seed by seed on the same data in the same order (same seeds, same data
+    settings: the same seed gives the same shuffle), so that a paired test applies."""
+    seeds_a, seeds_b = [seed_of(r) for r in a], [seed_of(r) for r in b]
+    if sorted(seeds_a) != sorted(seeds_b) or len(set(seeds_a)) != len(seeds_a):
+        return False
+    orders = {tuple((r.get("config") or {}).get(k) for k in DATA_ORDER) for r in a + b}
+    return len(orders) == 1
+
+
+def compare_runs(rows: dict[str, list[dict[str, Any]]], reference: list[dict[str, Any]], reference_name: str = REFERENCE_JOB,
+                 alpha: float = ALPHA) -> dict[str, Comparison]:
+    """Each row's completed runs against the reference's: the paired t-test on the per-seed figures where the runs
+    share their data order (`same_data_order`), else Welch's; p-values Holm-adjusted across the rows compared, the
+    verdict taken from the adjusted p; and the seeds per row that would detect the observed difference at 80%
+    power (the observed spreads taken as the true ones)."""
+    raw: dict[str, Comparison] = {}
+    spreads: dict[str, tuple[float, float | None]] = {}
+    ref_by_seed = {seed_of(r): reported_accuracy(r) for r in reference}
+    for name, runs in rows.items():
+        if name == reference_name or not runs or not reference:
+            continue
+        if same_data_order(runs, reference):
+            mine = sorted(runs, key=seed_of)
+            a = [reported_accuracy(r) for r in mine]
+            b = [ref_by_seed[seed_of(r)] for r in mine]
+            raw[name] = paired(a, b, alpha)
+            diffs = summarize(x - y for x, y in zip(a, b))
+            spreads[name] = (diffs.std or 0.0, None)
+        else:
+            a, b = [reported_accuracy(r) for r in runs], list(ref_by_seed.values())
+            raw[name] = welch(a, b, alpha)
+            spreads[name] = (summarize(a).std or 0.0, summarize(b).std or 0.0)
+    names = [n for n, c in raw.items() if c.p is not None]
+    adjusted = dict(zip(names, holm([raw[n].p for n in names])))
+    out = {}
+    for name, c in raw.items():
+        if name not in adjusted:
+            out[name] = c
+            continue
+        verdict = DIFFERS if adjusted[name] < alpha else WITHIN_NOISE
+        needed = seeds_needed(c.difference, *spreads[name], alpha=alpha) if c.difference is not None else None
+        out[name] = Comparison(c.difference, c.p, c.df, verdict, c.test, adjusted[name], needed)
+    return out
 
 
 # -- table rows from result files ---------------------------------------------------------------
