@@ -421,6 +421,29 @@ def bench(ctx: click.Context, device: str, size: str | None, steps: int | None, 
             click.echo(f"bench: written to {path}", err=True)
 
 
+@main.command()
+@click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--size", type=click.Choice(["small", "t5-small"]), default=None, help="Model shape (default: t5-small on CUDA, small on CPU).")
+@click.option("--reviews", type=click.IntRange(min=1, max=10_000), default=20, show_default=True, help="Reviews decoded one at a time (the median counts).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Where latency.json goes (the tables of this folder show it).")
+@click.pass_context
+def latency(ctx: click.Context, job_refs: tuple[str, ...], device: str, size: str | None, reviews: int, results_dir: str) -> None:
+    """Measure the inference latency each method adds at batch 1 on this device (LoRA unmerged and merged)."""
+    from ptuning.run.runner import resolve_device
+    from ptuning.settings import load_all_jobs, load_job
+    from ptuning.speed import latency as latency_mod
+
+    dev = resolve_device(device)
+    jobs = [load_job(ref, _jobs_dir(ctx)) for ref in job_refs] if job_refs else load_all_jobs(_jobs_dir(ctx))
+    _check_writable_file("--results", str(Path(results_dir) / latency_mod.LATENCY_FILE))
+    data = latency_mod.measure(jobs, dev, size or ("t5-small" if dev.type == "cuda" else "small"), reviews,
+                               echo=lambda m: click.echo(m, err=True))
+    click.echo(latency_mod.markdown(data))
+    click.echo(f"latency: written to {latency_mod.write(data, Path(results_dir))}", err=True)
+
+
 def _check_writable_file(option: str, path: str | None) -> None:
     """Refuse a file path whose nearest existing folder is not a writable directory."""
     if path is None:

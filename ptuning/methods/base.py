@@ -109,6 +109,11 @@ class Method:
         """The object whose `.generate()` evaluation calls (usually `model` itself)."""
         return model
 
+    def merged(self, model: nn.Module) -> nn.Module | None:
+        """The adapted model with the method's weights folded into the base weights, computing the same function with
+        no added inference cost; None for a method that cannot be merged (adapters, prompts). May change `model`."""
+        return None
+
     def formula(self, config: Any):
         """The analytic count of added parameters (a `ptuning.methods.formulas.Formula`) for this method."""
         raise NotImplementedError

@@ -68,5 +68,16 @@ class HandLoRA(Method):
                 setattr(attn, key, LoRALinear(base, self.rank, self.alpha))
         return model
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        """Each LoRALinear replaced by one Linear with W + (A·B·alpha/r)ᵀ: the same outputs, no extra matmuls."""
+        for attn in attention_modules(model):
+            for key in ("q", "v"):
+                lora = getattr(attn, key)
+                if isinstance(lora, LoRALinear):
+                    with torch.no_grad():
+                        lora.base.weight += (lora.lora_A @ lora.lora_B * lora.scaling).T
+                    setattr(attn, key, lora.base)
+        return model
+
     def formula(self, config) -> formulas.Formula:
         return formulas.lora(config, self.rank)

@@ -71,6 +71,10 @@ class PeftLoRA(LibraryMethod):
         # PeftModelForSeq2SeqLM.generate runs the LoRA-adapted model
         return model
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        """PEFT's merge_and_unload: the base model with the LoRA weights folded in."""
+        return model.merge_and_unload()
+
     def formula(self, config: Any) -> formulas.Formula:
         return formulas.lora(config, self.rank)
 

@@ -53,6 +53,7 @@ def completed(run: Run, state: RunState, artifact: Path | None) -> dict[str, Any
         "final_accuracy": epochs[-1]["accuracy"],
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "eval_seconds": sum(e["eval_seconds"] for e in epochs),
+        "eval_reviews": {split: len(ds) for split, ds in run.eval_sets.items()},  # evaluated after every epoch
         "wall_seconds": state.wall_seconds,
         # outside train + eval: before the first step (this process's load, method, tokenizing, device), and the
         # checkpoint and parameter writes inside wall_seconds
