@@ -9,7 +9,7 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test smoke run tables params bench gpu-check clean
+.PHONY: help install test test-slurm smoke run tables params bench gpu-check clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ $(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) requirements/opendelta.txt
 	$(PYTHON) -m venv $(VENV)
 	@# torch: keep a compatible one if present (e.g. a CUDA build); else take the pinned CPU/CUDA wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,test,tensorboard]"
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,slurm,test,tensorboard]"
 	@# OpenDelta's metadata requires the dead `sklearn` package: install it without deps, plus what it imports
 	$(BIN)/pip install -c $(CONSTRAINTS) -r requirements/opendelta.txt
 	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps opendelta
@@ -28,6 +28,13 @@ install: $(BIN)/ptuning  ## create .venv with everything (from nothing)
 
 test: install  ## run the test suite (CPU, no network)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+test-slurm: install  ## the SLURM tests (pytest -m slurm) on a private one-node SLURM started and stopped here (root)
+	@if bash scripts/slurm-local.sh can-start; then \
+		HF_HUB_OFFLINE=1 bash scripts/slurm-local.sh run $(BIN)/python -m pytest -q -m slurm tests/cluster $(ARGS); \
+	else \
+		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slurm tests/cluster $(ARGS); \
+	fi
 
 smoke: install  ## all jobs end to end on a tiny offline model (CPU, under a minute)
 	$(BIN)/ptuning smoke $(ARGS)

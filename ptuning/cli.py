@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -379,6 +380,69 @@ def tune(ctx: click.Context, job_refs: tuple[str, ...], sweeps: tuple[str, ...],
     atomic_save(output_dir / "TUNE.md", lambda tmp: tmp.write_text(text + "\n"))
     click.echo(text)
     click.echo(f"ptuning: the choice is in {output_dir / tune_mod.TUNE_FILE}, the tables in {output_dir / 'TUNE.md'}")
+
+
+@main.command()
+@click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
+@run_options
+@click.option("--executor", type=click.Choice(["slurm", "local"]), default="slurm", show_default=True,
+              help="slurm: one job array on the cluster (run this on its login node); local: the same runs here.")
+@click.option("--partition", help="SLURM partition (default: the cluster's default one).")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs for each run.")
+@click.option("--cpus-per-job", type=click.IntRange(min=1), help="CPUs for each run (default: the cluster's, usually 1).")
+@click.option("--mem", metavar="SIZE", help="Memory for each run, as SLURM writes it: 16G, 8000M.")
+@click.option("--time", "time_limit", metavar="TIME", help="Time limit of each run: minutes, HH:MM:SS or D-HH:MM:SS "
+              "(default: the partition's); a run that reaches it is requeued and resumes.")
+@click.option("--account", help="SLURM account to charge.")
+@click.option("--qos", help="SLURM quality of service.")
+@click.option("--constraint", help="SLURM node features the runs need, e.g. a100.")
+@click.option("--max-parallel", type=click.IntRange(min=1),
+              help="At most N runs at once (SLURM: the array's throttle; local default: one per GPU, or 1).")
+@click.option("--signal-before", type=click.IntRange(min=10), default=120, show_default=True, metavar="SECONDS",
+              help="Warn a run this long before its time limit: it writes its checkpoint and is requeued.")
+@click.option("--container", type=click.Path(dir_okay=False), metavar="IMAGE",
+              help="Run each task in this Apptainer/Singularity image of ptuning (see docs/cluster.md).")
+@click.option("--wait", is_flag=True, help="Follow the runs until they end, then print the tables (exit 1 if one failed).")
+@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="With --wait: how often SLURM is asked for the tasks' states.")
+@click.pass_context
+def submit(ctx: click.Context, job_refs: tuple[str, ...], executor: str, partition, gpus_per_job, cpus_per_job, mem, time_limit,
+           account, qos, constraint, max_parallel, signal_before, container, wait, poll_seconds, **kwargs) -> None:
+    """Run jobs (default: all) × seeds as one SLURM job array, or here with --executor local.
+
+    Each run is one task running `ptuning run JOB --seeds N` into the same --output-dir (a shared filesystem);
+    runs already completed are not submitted again. See docs/cluster.md."""
+    from ptuning.cluster.submit import ClusterOptions, submit as submit_runs
+    from ptuning.settings import load_all_jobs, load_job
+
+    if executor == "local":
+        slurm_only = {"--partition": partition, "--mem": mem, "--time": time_limit, "--account": account, "--qos": qos,
+                      "--constraint": constraint}
+        given = [name for name, value in slurm_only.items() if value is not None]
+        if given:
+            raise PtuningError(f"{', '.join(given)}: SLURM options, for --executor slurm only")
+    if mem is not None and not re.fullmatch(r"\d+[KMGT]?", mem):
+        raise PtuningError(f"--mem {mem!r}: expected a size as SLURM writes it, e.g. 16G or 8000M")
+    directory = _jobs_dir(ctx)
+    if job_refs:
+        jobs = [load_job(ref, None if ref.endswith((".yaml", ".yml")) else directory) for ref in job_refs]
+        refs = {job.name: str(Path(ref).resolve()) for job, ref in zip(jobs, job_refs) if ref.endswith((".yaml", ".yml"))}
+    else:
+        jobs, refs = load_all_jobs(directory), {}
+        if not jobs:
+            raise PtuningError(f"no job files (*.yaml) in {directory}; pass --jobs-dir with the folder of job files")
+    options = ClusterOptions(executor=executor, partition=partition, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                             mem=mem, time=time_limit, account=account, qos=qos, constraint=constraint,
+                             max_parallel=max_parallel, signal_before=signal_before, container=container, wait=wait,
+                             poll_seconds=poll_seconds)
+
+    def tables() -> None:
+        _write_plots(jobs, Path(kwargs["output_dir"]), quiet=True)  # the tables' warnings say it once
+        _print_tables(jobs, Path(kwargs["output_dir"]))
+
+    status = submit_runs(jobs, refs, kwargs, directory, options, echo=click.echo, tables=tables)
+    if status:
+        sys.exit(status)
 
 
 @main.command()

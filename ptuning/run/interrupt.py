@@ -21,6 +21,9 @@ import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PAUSE_ENV = "PTUNING_TEST_PAUSE"
+#: set for the runs of `ptuning submit` (ptuning/cluster/task.py): SIGUSR2, the time-limit warning, is their task
+#: wrapper's to act on, and would otherwise kill the run before it could write a checkpoint
+SUBMIT_TASK_ENV = "PTUNING_SUBMIT_TASK"
 
 
 class Interrupted(Exception):
@@ -67,6 +70,8 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if os.environ.get(SUBMIT_TASK_ENV):
+                self._previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         return self
 
     def __exit__(self, *exc) -> None:
