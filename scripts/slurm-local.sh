@@ -17,7 +17,8 @@
 # Needs root and Debian's packages (slurm-wlm slurmdbd mariadb-server munge; installed with apt-get when absent).
 # Without cgroups (containers), processes are tracked by parent pid and tasks are not confined:
 # proctrack/linuxproc, task/none. A requeued job may start again after `cred_expire` seconds (SLURM's default
-# is 120); it is 10 here so that tests of requeueing do not wait minutes.
+# is 120), and pending jobs are looked at every `sched_interval` seconds (default 60): 10 and 2 here, so that
+# tests of requeueing do not wait minutes.
 set -euo pipefail
 
 DIR=${SLURM_LOCAL_DIR:-/tmp/ptuning-slurm}
@@ -121,6 +122,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+SchedulerParameters=sched_interval=2,bf_interval=2
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost

@@ -6,9 +6,10 @@ checkpoint at that point and raises `Interrupted`, which the CLI turns into one 
 command that resumes, and exit status 128 + signal number. A second signal stops at once (the last
 checkpoint written is kept).
 
-Test hook (used by tests/test_reliability.py only): with PTUNING_TEST_PAUSE=EPOCH:STEP the runner,
-after finishing that training step, prints "ptuning-test: paused at epoch E step S" on stderr and
-waits (at most 120 s) until a signal arrives, so a test can kill or signal it at a known point.
+Test hook (used by tests/run/test_reliability.py and tests/cluster/test_slurm.py only): with
+PTUNING_TEST_PAUSE=EPOCH:STEP the runner, after finishing that training step, prints
+"ptuning-test: paused at epoch E step S" on stderr and waits (at most 120 s) until a signal
+arrives, so a test can kill or signal it at a known point.
 """
 
 from __future__ import annotations
