@@ -112,5 +112,5 @@ def test_run_job_fits_on_a_screen():
 
 def test_tests_mirror_the_package_layout():
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert packages == {"engine", "methods", "report", "run", "speed", "testing"}
+    assert packages == {"cluster", "engine", "methods", "report", "run", "speed", "testing"}
     assert packages <= {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and (p / "__init__.py").exists()}

@@ -20,7 +20,7 @@ from ptuning.cluster.slurm import parse_time
 from ptuning.cluster.task import FAILED_PREFIX, RunTask, describe_status
 from ptuning.errors import PtuningError
 from ptuning.run.interrupt import SUBMIT_TASK_ENV
-from tests.cluster.conftest import all_metrics, ptuning, run_args
+from tests.cluster.conftest import metrics, ptuning, run_args
 from tests.conftest import REPO
 
 FAKE = {
@@ -353,22 +353,21 @@ def test_a_submit_task_run_ignores_sigusr2_and_a_plain_run_does_not(task_env, st
 
 def test_local_executor_runs_the_plan_two_at_a_time_and_equals_run_all(two_jobs, tiny_model_dir, tiny_data_dir, reference, tmp_path):
     out = tmp_path / "out"
-    done = ptuning(two_jobs, "submit", "--executor", "local", "--max-parallel", "2", "--seeds", "0,1",
-                   *run_args(tiny_model_dir, tiny_data_dir), "--output-dir", str(out))
+    args = ["lora_8", "--seeds", "0,1", *run_args(tiny_model_dir, tiny_data_dir), "--output-dir", str(out)]
+    done = ptuning(two_jobs, "submit", "--executor", "local", "--max-parallel", "2", *args)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"ptuning: running 4 runs here, 2 at a time; logs in {out}/logs/local"
+    assert lines[0] == f"ptuning: running 2 runs here, 2 at a time; logs in {out}/logs/local"
     progress = [line for line in lines if line.startswith("ptuning: ") and "runs done" in line]
-    assert progress[-1] == "ptuning: 4 of 4 runs done, 0 running, 0 waiting, 0 failed"
-    assert max(int(line.split(", ")[1].split()[0]) for line in progress) == 2  # two at a time, never more
-    assert all_metrics(out) == reference
+    assert progress[0] == "ptuning: 0 of 2 runs done, 2 running, 0 waiting, 0 failed"  # both at once
+    assert progress[-1] == "ptuning: 2 of 2 runs done, 0 running, 0 waiting, 0 failed"
+    assert {seed: metrics(out, "lora_8", seed) for seed in (0, 1)} == {seed: reference["lora_8", seed] for seed in (0, 1)}
     assert any(line.startswith("| 8 ") and "| lora_8 " in line and "(n=2)" in line for line in lines)  # the tables
     logs = sorted((out / "logs" / "local").glob("*_0_log.out"))
-    assert len(logs) == 4 and all("CUDA_VISIBLE_DEVICES=(none)" in log.read_text() for log in logs)
+    assert len(logs) == 2 and all("CUDA_VISIBLE_DEVICES=(none)" in log.read_text() for log in logs)
 
-    again = ptuning(two_jobs, "submit", "--executor", "local", "--seeds", "0,1", *run_args(tiny_model_dir, tiny_data_dir),
-                    "--output-dir", str(out))
-    assert again.returncode == 0 and again.stdout.startswith("ptuning: all 4 runs are already completed")
+    again = ptuning(two_jobs, "submit", "--executor", "local", *args)
+    assert again.returncode == 0 and again.stdout.startswith("ptuning: all 2 runs are already completed")
 
 
 def test_local_executor_reports_a_failed_run_with_its_reason_and_log(two_jobs, tiny_data_dir, tmp_path):
