@@ -178,7 +178,7 @@ def submit(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, options: Cl
         _write_runs(folder, jobs_out, todo)
         if not options.wait:
             return 0
-        failed = _watch(jobs_out, todo, options.poll_seconds, echo, slurm=True)
+        failed = _watch(jobs_out, todo, options.poll_seconds, echo)
     else:
         failed = _run_local(submitit, folder, tasks, todo, options, echo, skipped)
     return _finish(todo, failed, echo, tables)
@@ -292,7 +292,7 @@ def _slurm_outcome(state: str) -> str:
     return "waiting"  # PENDING, REQUEUED, PREEMPTED (requeued next), UNKNOWN (not in sacct yet), ...
 
 
-def _watch(jobs: list, runs: list[Run], poll_seconds: float, echo: Callable[[str], None], slurm: bool) -> dict[str, tuple]:
+def _watch(jobs: list, runs: list[Run], poll_seconds: float, echo: Callable[[str], None]) -> dict[str, tuple]:
     """Poll the array's states until every task has ended; returns {label: (state, log)} of the failed ones."""
     watcher = type(jobs[0]).watcher
     last = None

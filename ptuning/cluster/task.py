@@ -55,10 +55,11 @@ class RunTask:
         self.label = label
         self.env = dict(env or {})
         self._proc: subprocess.Popen | None = None
+        self._status: int | None = None  # the run's exit status when _stop_run reaped it
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_proc"] = None  # a running process does not travel with a requeued task
+        state["_proc"], state["_status"] = None, None  # a running process does not travel with a requeued task
         return state
 
     def _command(self) -> list[str]:
@@ -80,14 +81,14 @@ class RunTask:
         gpus = env.get("CUDA_VISIBLE_DEVICES", "(not set)")
         print(f"ptuning: task {task} [{self.label}] on {socket.gethostname()}, CUDA_VISIBLE_DEVICES={gpus or '(none)'}, "
               f"restart {os.environ.get('SLURM_RESTART_COUNT') or 0}: {shlex.join(command)}", flush=True)
-        self._proc = subprocess.Popen(command, env=env, preexec_fn=_ignore_usr2)
+        self._proc, self._status = subprocess.Popen(command, env=env, preexec_fn=_ignore_usr2), None
         try:
-            while self._proc.poll() is None:
+            while self._status is None and self._proc.poll() is None:
                 time.sleep(0.5)
         except BaseException:  # interrupted (Ctrl-C on a local run): let the run write its checkpoint first
             self._stop_run(timeout=60)
             raise
-        status = self._proc.returncode
+        status = self._status if self._status is not None else self._proc.returncode
         if status != 0:
             message = f"[{self.label}] {describe_status(status)}"
             print(f"{FAILED_PREFIX}{message}", file=sys.stderr, flush=True)
@@ -111,7 +112,7 @@ class RunTask:
             except ChildProcessError:  # reaped meanwhile by the loop in __call__
                 return
             if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
+                proc.returncode = self._status = os.waitstatus_to_exitcode(status)
                 return
             if deadline is not None and time.monotonic() > deadline:
                 return
