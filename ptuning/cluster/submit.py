@@ -1,7 +1,7 @@
 """`ptuning submit`: the jobs × seeds as one SLURM job array (submitit), or the same plan on this machine.
 
-The plan: every job of the command line, once per seed, less the runs already completed with the same
-configuration. Each run is one task running one `ptuning run` command line (ptuning/cluster/task.py), which writes
+The plan: every job of the command line (each point of a job's grid, `sweep:`), once per seed, less the runs
+already completed with the same configuration. Each run is one task running one `ptuning run` command line (ptuning/cluster/task.py), which writes
 into `<output-dir>/<job>/seed<N>/` as a local run would; a task that is requeued (preemption, `scontrol requeue`,
 the time limit) resumes from the run's checkpoint. submitit writes the task scripts and logs into
 `<output-dir>/logs/slurm/` (or `logs/local/`): one log per task, `<array>_<task>_0_log.out`.
@@ -111,9 +111,16 @@ def plan(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, container: st
     """(runs to start, runs already completed) for these jobs with this command line's settings."""
     from ptuning.cli import child_options, overrides
     from ptuning.report import results as results_mod
+    from ptuning.settings import confirm_runs, expand
 
     values = overrides(kwargs)
     jobs = [job.override(values) for job in jobs]  # every override is checked before anything is submitted
+    confirm_runs(jobs, kwargs.get("yes", False))
+    for job in jobs:
+        if job.sweep and job.name in refs:  # a point is named `<job>/<point>`, which finds the job in the jobs folder
+            raise PtuningError(f"{refs[job.name]}: the grid of a job file given by its path cannot be submitted; "
+                               "put the file in the jobs folder (--jobs-dir) and name the job")
+    jobs = expand(jobs)  # a job with a grid runs its points, each a run of its own
     output_dir = Path(kwargs["output_dir"]).resolve()
     # the seed list is expanded here: each task gets its one seed, whatever gave the list (--seed, --seeds, --set)
     assignments = tuple(a for a in kwargs.get("assignments") or () if a.partition("=")[0].strip() not in ("seed", "seeds"))
@@ -148,6 +155,9 @@ def submit(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, options: Cl
         resolve_device(kwargs["device"])
     else:
         check_device_name(kwargs["device"])
+    from ptuning.run.metrics import check_trackers
+
+    check_trackers(kwargs.get("trackers") or ())
     if options.container and not Path(options.container).is_file():
         raise PtuningError(f"--container {options.container}: no such image file; build one from the Docker image "
                            "(docs/cluster.md) and pass its path")

@@ -132,6 +132,30 @@ def test_no_time_limit_anywhere_sends_no_time(two_jobs, tmp_path, fake_slurm):
     assert not any(line.startswith("#SBATCH --time") for line in sbatch_lines(scripts(fake_slurm)[0]))
 
 
+def test_a_grid_is_one_task_per_point_and_seed_and_many_runs_need_yes(two_jobs, tmp_path, fake_slurm):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "_defaults.yaml").write_text((two_jobs / "_defaults.yaml").read_text())
+    (jobs / "grid.yaml").write_text((two_jobs / "lora_8.yaml").read_text() + "sweep: {lr: [1.0e-3, 3.0e-2], method.rank: [1, 2]}\n")
+    out = tmp_path / "out"
+    done = cli(jobs, "submit", "grid", "--seeds", "0,1", "--output-dir", str(out), env=env_of(fake_slurm))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ptuning: submitted 8 runs as SLURM job array 4242 (8 tasks")
+    tasks = submitted_tasks(out / "logs" / "slurm")
+    points = ["lr=1e-3,rank=1", "lr=1e-3,rank=2", "lr=0.03,rank=1", "lr=0.03,rank=2"]
+    assert [t.label for t in tasks] == [f"grid/{p} seed {s}" for p in points for s in (0, 1)]
+    assert [t.command[-1] for t in tasks] == [f"grid/{p}" for p in points for s in (0, 1)]  # `ptuning run` finds the point
+    assert (out / "logs" / "slurm" / "4242_runs.tsv").read_text().splitlines()[1].split("\t")[2] == f"{out}/grid/{points[0]}/seed0"
+
+    many = cli(jobs, "submit", "grid", "--seeds", ",".join(map(str, range(7))), "--output-dir", str(tmp_path / "o2"),
+               env=env_of(fake_slurm))
+    assert refused(many).startswith("this would start 28 runs (grid: 4 points × 7 seeds); pass --yes")
+    by_path = cli(jobs, "submit", str(jobs / "grid.yaml"), "--output-dir", str(tmp_path / "o3"), env=env_of(fake_slurm))
+    assert refused(by_path) == (f"{jobs / 'grid.yaml'}: the grid of a job file given by its path cannot be submitted; "
+                                "put the file in the jobs folder (--jobs-dir) and name the job")
+    assert len(scripts(fake_slurm)) == 1
+
+
 @pytest.fixture(scope="module")
 def one_done(two_jobs, tiny_model_dir, tiny_data_dir, tmp_path_factory) -> Path:
     """An output folder where lora_8 seed 0 has completed."""
