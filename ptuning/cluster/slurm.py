@@ -109,7 +109,7 @@ def parse_time(text: str, where: str = "--time") -> int:
     a, b, c = int(a), int(b or 0), int(c or 0)
     if days is not None:  # D-HH[:MM[:SS]]
         seconds = int(days) * 86400 + a * 3600 + b * 60 + c
-    elif c or match.group(4) is not None:  # HH:MM:SS
+    elif match.group(4) is not None:  # HH:MM:SS
         seconds = a * 3600 + b * 60 + c
     elif match.group(3) is not None:  # MM:SS
         seconds = a * 60 + b

@@ -162,7 +162,7 @@ def submit(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, options: Cl
         raise PtuningError(f"--container {options.container}: no such image file; build one from the Docker image "
                            "(docs/cluster.md) and pass its path")
     submitit = require_submitit()
-    slurm_checks = _slurm_checks(options) if options.executor == "slurm" else None
+    slurm_checks = _slurm_checks(options, Path(kwargs["output_dir"])) if options.executor == "slurm" else None
     todo, done = plan(jobs, refs, kwargs, jobs_dir, options.container)
     output_dir = Path(kwargs["output_dir"]).resolve()
     skipped = f"; {len(done)} already completed, not submitted again" if done else ""
@@ -200,7 +200,7 @@ def _task(run: Run):
     return RunTask(run.command, run.label)
 
 
-def _slurm_checks(options: ClusterOptions) -> dict:
+def _slurm_checks(options: ClusterOptions, output_dir: Path) -> dict:
     """Ask the cluster, before planning anything: the commands, the partition, its time limit, accounting."""
     from ptuning.cluster import slurm
 
@@ -210,7 +210,7 @@ def _slurm_checks(options: ClusterOptions) -> dict:
     if options.wait:
         kind = slurm.accounting()
         if kind.endswith("/none"):
-            raise PtuningError(slurm.NO_ACCOUNTING.format(kind=kind, results="OUTPUT_DIR"))
+            raise PtuningError(slurm.NO_ACCOUNTING.format(kind=kind, results=output_dir))
     return {"partition": partition, "minutes": minutes}
 
 

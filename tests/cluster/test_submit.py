@@ -204,7 +204,7 @@ def refused(result: subprocess.CompletedProcess) -> str:
     ("no-default", "this cluster has no default partition: pass --partition (one of debug, gpu)"),
     ("accounting", "--wait needs SLURM's job accounting to see a task that died, and this cluster keeps none "
                    "(AccountingStorageType=accounting_storage/none): submitit would wait for a killed task for ever. Submit "
-                   "without --wait, follow the array with squeue and read the results with `ptuning tables --results OUTPUT_DIR`; "
+                   "without --wait, follow the array with squeue and read the results with `ptuning tables --results OUT`; "
                    "or ask the cluster's administrators for slurmdbd"),
     ("sbatch", "sbatch refused the array: Batch job submission failed: Invalid account or account/partition combination "
                "specified; nothing was submitted"),
@@ -232,7 +232,7 @@ def test_cluster_problems_are_one_line_and_submit_nothing(two_jobs, tmp_path, fa
         env["FAKE_SBATCH_ERROR"] = "Batch job submission failed: Invalid account or account/partition combination specified"
     elif case == "sinfo":
         (fake_slurm["bin"] / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit 1\n")
-    assert refused(cli(two_jobs, *args, env=env)) == expected
+    assert refused(cli(two_jobs, *args, env=env)) == expected.replace("--results OUT`", f"--results {out}`")
     assert not out.exists()  # nothing written, nothing half-submitted
     assert scripts(fake_slurm) == []
 
