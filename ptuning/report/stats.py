@@ -8,7 +8,7 @@ Comparison rule (documented in docs/results.md): a row differs from full fine-tu
 spread" when Welch's two-sided t-test on the per-seed accuracies gives p < 0.05. Both rows need
 n >= 2, otherwise the verdict is "n too small". The p-value uses Student's t distribution with the
 Welch–Satterthwaite degrees of freedom (computed here from the regularized incomplete beta function,
-no scipy). With 2–3 seeds the test has little power: "within noise" means "not shown to differ",
+no scipy at run time; tests/report/test_stats.py checks it against scipy.stats.ttest_ind(equal_var=False)). With 2–3 seeds the test has little power: "within noise" means "not shown to differ",
 not "equal".
 """
 

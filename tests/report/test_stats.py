@@ -88,6 +88,33 @@ def test_welch_p_values_match_closed_forms():
     assert far.p == pytest.approx(1 - 2 / math.pi * math.atan(12.0), abs=1e-12) and far.verdict == stats.WITHIN_NOISE
 
 
+def test_welch_agrees_with_scipy_over_many_random_samples():
+    # The in-house test against the field's standard implementation: scipy is a test-only dependency.
+    import numpy as np
+    import scipy.stats as scipy_stats  # the `test` extra installs it; a missing scipy fails here, never skips
+    rng = np.random.default_rng(20261127)
+    cases = []
+    for _ in range(2000):  # unequal sizes (2..40) and spreads (1e-3..1e2), shifts from none to many standard errors
+        na, nb = (int(n) for n in rng.integers(2, 41, size=2))
+        sa, sb = 10.0 ** rng.uniform(-3, 2, size=2)
+        shift = rng.normal(0, 3) * max(sa, sb) / math.sqrt(min(na, nb))
+        cases.append((rng.normal(80, sa, na).tolist(), rng.normal(80 + shift, sb, nb).tolist()))
+    # edges: the smallest samples (df near 1), one spread 10^6 times the other, a huge t (p ~ 1e-50)
+    cases += [([1.0, 3.0], [0.0, 0.5]), ([90.0, 90.000001, 89.999999], [80.0, 95.0, 70.0, 99.0]),
+              ([90.0 + 1e-3 * i for i in range(30)], [80.0 + 1e-3 * i for i in range(25)])]
+    verdicts = {stats.DIFFERS: 0, stats.WITHIN_NOISE: 0}
+    for a, b in cases:
+        mine = stats.welch(a, b)
+        ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+        assert mine.p == pytest.approx(float(ref.pvalue), rel=1e-9, abs=1e-300), (a, b)
+        assert mine.df == pytest.approx(float(ref.df), rel=1e-12), (a, b)
+        assert mine.difference == pytest.approx(float(np.mean(a) - np.mean(b)), rel=1e-12, abs=1e-12)
+        assert mine.verdict == (stats.DIFFERS if ref.pvalue < stats.ALPHA else stats.WITHIN_NOISE)
+        verdicts[mine.verdict] += 1
+    # the samples exercise both sides of the rule, not just one
+    assert len(cases) == 2003 and min(verdicts.values()) > 300, verdicts
+
+
 def test_comparison_rule_clear_difference_within_noise_and_too_small():
     full = [90.0, 90.1, 89.9]
     clear = stats.welch([88.0, 88.2, 87.8], full)
