@@ -49,7 +49,7 @@ def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model
     assert data["params"]["added"] == 0 and data["params"]["trainable"] == data["params"]["total"] and data["params"]["match"]
     assert data["config"]["epochs"] == 2 and data["config"]["train_limit"] == 16
     assert data["environment"]["packages"]["transformers"] == "4.57.6"
-    assert (out / "full_ft" / "seed0" / "model.pt").exists()
+    assert (out / "full_ft" / "seed0" / "model" / "model.safetensors").is_file() and data["artifact"] == "model"
     tables = invoke("tables", "--results", str(out))
     assert tables.exit_code == 0
     row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "90.0" in line)
@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, monkeypatch,
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("ptuning: error:")
     assert "Traceback" not in result.output
-    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt"))] == []
+    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt", ".safetensors"))] == []
 
 
 def test_broken_job_file_and_missing_dataset_columns(tmp_path, tiny_model_dir):
@@ -120,7 +120,7 @@ def test_broken_job_file_and_missing_dataset_columns(tmp_path, tiny_model_dir):
     result = invoke("run", "full_ft", "--model", str(tiny_model_dir), "--dataset", str(bad), "--device", "cpu",
                     "--output-dir", str(tmp_path / "results"))
     assert result.exit_code == 1 and "has no 'text' column" in result.stderr
-    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt"))] == []
+    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt", ".safetensors"))] == []
 
 
 def test_model_that_is_not_t5_is_refused(tmp_path):
@@ -164,7 +164,7 @@ def test_damaged_model_directory_is_one_line(tmp_path, tiny_model_dir, tiny_data
     assert result.exit_code == 1
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ptuning: error: [full_ft] {model}") and message in err[0], err
-    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt"))] == []
+    assert [p for p in tree(tmp_path / "results") if p.endswith((".json", ".pt", ".safetensors"))] == []
 
 
 def test_console_script_help_runs_without_traceback():

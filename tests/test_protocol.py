@@ -75,11 +75,12 @@ def test_both_protocols_end_to_end_in_separate_run_dirs(tmp_path, tiny_model_dir
     faithful = runner.run_job(base, tmp_path, "cpu", echo=quiet)
     on_disk = json.loads((tmp_path / "lora_8" / "heldout-seed0" / "result.json").read_text())
     assert on_disk == json.loads(json.dumps(heldout))
-    assert (tmp_path / "lora_8" / "seed0" / "result.json").exists() and (tmp_path / "lora_8" / "heldout-seed0" / "lora.pt").exists()
+    assert (tmp_path / "lora_8" / "seed0" / "result.json").exists() and (tmp_path / "lora_8" / "heldout-seed0" / "lora" / "lora.safetensors").is_file()
     assert heldout["protocol"] == "heldout" and heldout["config"]["protocol"] == "heldout"
     assert [sorted(e) for e in heldout["epochs"]] == [sorted(["epoch", "train_loss", "accuracy", "val_accuracy", "train_seconds", "eval_seconds"])] * 2
     best = max(heldout["epochs"], key=lambda e: e["val_accuracy"])
     assert heldout["selected_epoch"] == best["epoch"] and heldout["reported_accuracy"] == best["accuracy"]
     assert faithful["protocol"] == "faithful" and all("val_accuracy" not in e for e in faithful["epochs"])
     assert faithful["reported_accuracy"] == faithful["max_accuracy"]
-    assert heldout["artifact_bytes"] == (tmp_path / "lora_8" / "heldout-seed0" / "lora.pt").stat().st_size > 0
+    saved = tmp_path / "lora_8" / "heldout-seed0" / "lora"
+    assert heldout["artifact"] == "lora" and heldout["artifact_bytes"] == sum(p.stat().st_size for p in saved.iterdir()) > 0

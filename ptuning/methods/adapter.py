@@ -40,7 +40,8 @@ class HandAdapter(Method):
     name = "adapter"
     implementation = "hand"
     knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b", maximum=2**16)}
-    artifact = "adapter.pt"
+    artifact = "adapter"  # a directory: adapter.safetensors + ptuning_artifact.json
+    legacy_artifact = "adapter.pt"
 
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

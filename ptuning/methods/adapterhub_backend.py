@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ptuning.errors import PtuningError
-from ptuning.methods import formulas
+from ptuning.methods import artifacts, formulas
 from ptuning.methods.base import Knob, count_parameters
 from ptuning.methods.library import LibraryMethod
 
@@ -86,10 +86,12 @@ class AdapterHubBottleneck(LibraryMethod):
     def formula(self, config: Any) -> formulas.Formula:
         return formulas.adapter(config, self.bottleneck)
 
-    # -- persistence: AdapterHub's own format (adapter_config.json + pytorch_adapter.bin) ------------
+    # -- persistence: AdapterHub's own format, as safetensors (adapter_config.json + adapter.safetensors) --------------
     def save(self, model: nn.Module, path: Path) -> Path:
         path = Path(path)
-        model.save_adapter(str(path), ADAPTER_NAME)
+        model.save_adapter(str(path), ADAPTER_NAME, use_safetensors=True)
+        trained = sum(p.numel() for _, p in self.trainable_parameters(model))
+        artifacts.write_sidecar(path, self, model, artifacts.ADAPTERHUB, "adapter.safetensors", trained)
         return path
 
     def load(self, model: nn.Module, path: Path) -> None:
@@ -98,7 +100,8 @@ class AdapterHubBottleneck(LibraryMethod):
         was_training = model.training
         # replaces the freshly added adapter of the same name with the saved one
         with _quiet_activation():
-            model.load_adapter(str(path), load_as=ADAPTER_NAME, set_active=True)
+            # use_safetensors: adapter.safetensors, or an older version's pytorch_adapter.bin when there is none
+            model.load_adapter(str(path), load_as=ADAPTER_NAME, set_active=True, use_safetensors=True)
             model.train_adapter(ADAPTER_NAME)
             model.set_active_adapters(ADAPTER_NAME)
         model.train(was_training)

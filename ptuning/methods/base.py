@@ -34,13 +34,19 @@ class Method:
         params = method.trainable_parameters(model)
         ... train ...
         method.save(model, path); method.load(fresh_model_after_apply, path)
+
+    `save` writes a directory: safetensors weights and a `ptuning_artifact.json` sidecar (see
+    ptuning/methods/artifacts.py); `load` also reads the pickled torch file of an older version.
     """
 
     name: ClassVar[str] = ""
     implementation: ClassVar[str] = ""
     knobs: ClassVar[dict[str, Knob]] = {}
-    #: file name of the saved trainable state written next to the result (e.g. "lora.pt")
-    artifact: ClassVar[str] = "trainable.pt"
+    #: name of the directory of saved trained parameters written next to the result (e.g. "lora")
+    artifact: ClassVar[str] = "trainable"
+    #: the file older versions wrote instead (a pickled torch state dict, e.g. "lora.pt"); `load` still reads it,
+    #: and a rerun that writes `artifact` removes it (see `remove_legacy_artifact`)
+    legacy_artifact: ClassVar[str] = ""
     #: False for a method that only evaluates (zero-shot): no optimizer, one evaluation, no artifact
     trains: ClassVar[bool] = True
 
@@ -124,22 +130,24 @@ class Method:
         return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters(model)}
 
     def save(self, model: nn.Module, path: Path) -> Path:
-        """Write the trained parameters to `path` (a file or, for library formats, a directory)."""
-        torch.save(self.state_dict(model), path)
-        return path
+        """Write the directory `path`: `<artifact>.safetensors` with the trained parameters, and the sidecar."""
+        from ptuning.methods import artifacts
+
+        return artifacts.write_state_dict(Path(path), self.state_dict(model), self, model)
 
     def load(self, model: nn.Module, path: Path) -> None:
-        """Load parameters saved by `save` into a model that `apply` already prepared."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        params = dict(model.named_parameters())
-        missing = [n for n in state if n not in params]
-        if missing:
-            from ptuning.errors import PtuningError
+        """Load parameters saved by `save` (or an older version's torch file) into a model `apply` prepared."""
+        from ptuning.methods import artifacts
 
-            raise PtuningError(f"{path}: saved parameters {missing[:3]} do not exist in this model")
-        with torch.no_grad():
-            for n, t in state.items():
-                params[n].copy_(t)
+        artifacts.copy_into(model, artifacts.read_state_dict(Path(path)), Path(path),
+                            require=[n for n, _ in self.trainable_parameters(model)])
+
+    def remove_legacy_artifact(self, run_dir: Path) -> None:
+        """Remove an older version's artifact file from `run_dir` (once the new artifact is written there)."""
+        if self.legacy_artifact and self.legacy_artifact != self.artifact:
+            from ptuning.atomic import remove
+
+            remove(Path(run_dir) / self.legacy_artifact)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -48,7 +48,8 @@ class HandLoRA(Method):
         "rank": Knob(int, None, 1, "LoRA rank r", maximum=2**16),
         "alpha": Knob(float, 4.0, None, "LoRA alpha (scaling alpha/r), > 0"),
     }
-    artifact = "lora.pt"
+    artifact = "lora"  # a directory: lora.safetensors + ptuning_artifact.json
+    legacy_artifact = "lora.pt"
 
     @classmethod
     def validate(cls, values):

@@ -44,7 +44,8 @@ class OpenDeltaSoftPrompt(LibraryMethod):
     implementation = "opendelta"
     library = "opendelta"
     knobs = {"tokens": Knob(int, None, 1, "number of soft-prompt vectors n", maximum=2**16)}
-    artifact = "prompts.pt"
+    artifact = "prompts"  # a directory: prompts.safetensors + ptuning_artifact.json
+    legacy_artifact = "prompts.pt"
 
     @classmethod
     def _import(cls):
@@ -81,7 +82,7 @@ class OpenDeltaSoftPrompt(LibraryMethod):
         return formulas.soft_prompt(config, self.tokens)
 
     # Persistence: OpenDelta's delta state dict, i.e. exactly the soft-prompt parameter
-    # ("encoder.soft_prompt_layer.soft_embeds", n×d) in a torch file; see Method.save / Method.load.
+    # ("encoder.soft_prompt_layer.soft_embeds", n×d) as prompts/prompts.safetensors; see Method.save / Method.load.
     def state_dict(self, model: nn.Module) -> dict:
         state = super().state_dict(model)
         if list(state) != ["encoder.soft_prompt_layer.soft_embeds"]:

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ptuning.errors import PtuningError
-from ptuning.methods import formulas
+from ptuning.methods import artifacts, formulas
 from ptuning.methods.base import Knob
 from ptuning.methods.library import LibraryMethod
 
@@ -81,7 +81,9 @@ class PeftLoRA(LibraryMethod):
     # -- persistence: PEFT's own format (adapter_config.json + adapter_model.safetensors) -------------
     def save(self, model: nn.Module, path: Path) -> Path:
         path = Path(path)
-        model.save_pretrained(str(path))
+        model.save_pretrained(str(path), safe_serialization=True)
+        trained = sum(p.numel() for _, p in self.trainable_parameters(model))
+        artifacts.write_sidecar(path, self, model, artifacts.PEFT, "adapter_model.safetensors", trained)
         return path
 
     def load(self, model: nn.Module, path: Path) -> None:

@@ -38,7 +38,8 @@ class HandSoftPrompt(Method):
     name = "soft_prompt"
     implementation = "hand"
     knobs = {"tokens": Knob(int, None, 1, "number of prompt vectors n", maximum=2**16)}
-    artifact = "prompts.pt"
+    artifact = "prompts"  # a directory: prompts.safetensors + ptuning_artifact.json
+    legacy_artifact = "prompts.pt"
 
     def placeholder_tokens(self) -> int:
         return self.tokens

@@ -3,9 +3,9 @@
 Runs under the heldout protocol live in `<output-dir>/<job>/heldout-seed<seed>/`, so the two
 protocols never overwrite each other.
 
-Trained parameters (prompts.pt, adapter.pt, lora.pt, a library's directory, or model.pt for full
-fine-tuning; nothing for zero-shot) are written next to the result. Readers never see a half-written file: everything goes to a temporary name in the
-same directory and is renamed into place.
+Trained parameters (a directory: prompts/, adapter/, lora/ with safetensors, or model/ for full fine-tuning;
+nothing for zero-shot; see ptuning/methods/artifacts.py) are written next to the result. Readers never see a
+half-written file: everything goes to a temporary name in the same directory and is renamed into place.
 """
 
 from __future__ import annotations

@@ -181,6 +181,7 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     artifact = None
     if run.method.trains:
         artifact = atomic_save(run.rdir / run.method.artifact, lambda tmp: run.method.save(run.model, tmp))
+        run.method.remove_legacy_artifact(run.rdir)  # an older version's pickled file from an earlier run here
     state.save_seconds += time.perf_counter() - t
     result = record.completed(run, state, artifact)
     write_result(run.result_path, result)

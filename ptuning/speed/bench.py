@@ -234,16 +234,16 @@ def time_writes(job, method, model, optimizer, device: torch.device, scratch: Pa
     from ptuning.atomic import atomic_save, remove
     from ptuning.run import checkpoint
 
+    scratch = scratch / "writes"  # its own folder: the full fine-tuning artifact is called "model", like the saved base model
     ckpt = scratch / checkpoint.CHECKPOINT_FILE
     t0 = time.perf_counter()
     checkpoint.save_state(ckpt, {"job": job.name}, method, model, optimizer, device, generator=torch.Generator().get_state(),
                           epochs=[], step=0, loss_total=0.0, step_seconds=0.0, wall_seconds=0.0)
     t1 = time.perf_counter()
-    artifact = atomic_save(scratch / method.artifact, lambda tmp: method.save(model, tmp)) if method.trains else None
+    if method.trains:
+        atomic_save(scratch / method.artifact, lambda tmp: method.save(model, tmp))
     t2 = time.perf_counter()
-    remove(ckpt)
-    if artifact is not None:
-        remove(artifact)
+    remove(scratch)
     return t1 - t0, t2 - t1
 
 

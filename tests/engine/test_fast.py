@@ -299,7 +299,8 @@ def test_bench_prints_both_paths(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench writes its checkpoint and parameters
-    result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32",
+    # full_ft first: its trained parameters (a "model" directory) are written beside the saved model the next row loads
+    result = _invoke("bench", "--device", "cpu", "--size", "small", "--steps", "2", "--max-length", "32", "--rows", "full_ft,lora_8",
                      "--batch-size", "4", "--eval-reviews", "8", "--output", str(out), "--json", str(data))
     assert result.exit_code == 0, result.output
     text = result.stdout
@@ -310,6 +311,7 @@ def test_bench_prints_both_paths(tmp_path, monkeypatch):
     assert out.read_text().strip() == text.strip()
     measured = json.loads(data.read_text())
     assert (measured["device"], measured["size"], measured["steps"], measured["eval_reviews"]) == ("cpu", "small", 2, 8)
+    assert list(measured["rows"]) == ["full_ft", "lora_8"]
     fast = measured["rows"]["full_ft"]["fast"]
     assert fast["step_seconds"] > 0 and fast["eval_seconds_per_review"] == pytest.approx(fast["eval_seconds"] / 8)
     assert fast["fast_decode_matches_generate"] is True and measured["rows"]["full_ft"]["faithful"]["peak_memory_bytes"] is None

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ptuning.errors import PtuningError
 from ptuning.methods import build_method, count_parameters
@@ -69,7 +70,7 @@ def test_registry_builds_each_hand_method():
     assert build_method("soft_prompt", "hand", {"tokens": 10}).placeholder_tokens() == 10
     assert build_method("lora", "hand", {"rank": 8}).placeholder_tokens() == 0
     artifacts = [build_method(n, "hand", k).artifact for n, k in METHODS.items()]
-    assert artifacts == ["prompts.pt", "adapter.pt", "lora.pt"]
+    assert artifacts == ["prompts", "adapter", "lora"]
 
 
 @pytest.mark.parametrize(
@@ -305,7 +306,8 @@ def test_save_then_load_into_fresh_model_gives_identical_logits(base, name, tmp_
         optimizer.step()
     model.eval()
     path = method.save(model, tmp_path / method.artifact)
-    saved = torch.load(path, weights_only=True)
+    assert sorted(p.name for p in path.iterdir()) == sorted([f"{method.artifact}.safetensors", "ptuning_artifact.json"])
+    saved = load_file(path / f"{method.artifact}.safetensors")
     assert set(saved) == {n for n, _ in method.trainable_parameters(model)}
 
     fresh_method = build_method(name, "hand", METHODS[name])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ptuning.errors import PtuningError
 from ptuning.methods import INSTALL_HINTS, REGISTRY, build_method, count_parameters, method_class
@@ -150,7 +151,8 @@ def test_opendelta_saves_only_its_delta_state_dict(tiny, tmp_path):
     method = OpenDeltaSoftPrompt(tokens=3)
     model = method.apply(copy.deepcopy(tiny))
     path = method.save(model, tmp_path / method.artifact)
-    state = torch.load(path, weights_only=True)
+    assert sorted(p.name for p in path.iterdir()) == ["prompts.safetensors", "ptuning_artifact.json"]
+    state = load_file(path / "prompts.safetensors")
     assert list(state) == ["encoder.soft_prompt_layer.soft_embeds"]
     assert state["encoder.soft_prompt_layer.soft_embeds"].shape == (3, tiny.config.d_model)
     # OpenDelta's own freeze_module makes the model's state_dict the delta state dict: same thing

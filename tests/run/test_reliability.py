@@ -73,7 +73,7 @@ def reference(jobs_dir, tmp_path_factory) -> list[tuple[float, float]]:
     out = tmp_path_factory.mktemp("reference")
     result = run_a(jobs_dir, out)
     assert result.exit_code == 0, result.output
-    assert files(out) == ["a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]  # checkpoint removed, lock released
+    assert files(out) == ["a/seed0/lora/lora.safetensors", "a/seed0/lora/ptuning_artifact.json", "a/seed0/metrics.jsonl", "a/seed0/result.json"]  # checkpoint removed, lock released
     return metrics(out)
 
 
@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(jobs_dir, r
     assert "resuming from" in result.output and "the end of epoch 1" in result.output
     assert metrics(out) == reference
     assert json.loads((out / "a/seed0/result.json").read_text())["resumed_from"] == {"epochs_done": 1, "step": 0}
-    assert files(out) == ["a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]
+    assert files(out) == ["a/seed0/lora/lora.safetensors", "a/seed0/lora/ptuning_artifact.json", "a/seed0/metrics.jsonl", "a/seed0/result.json"]
 
 
 def test_sigterm_checkpoints_mid_epoch_says_how_to_resume_and_the_lock_stops_a_second_run(jobs_dir, reference, tmp_path):

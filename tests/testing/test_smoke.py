@@ -19,14 +19,20 @@ def test_smoke_runs_the_ten_rows_and_zero_shot(tmp_path, tiny_assets):
     assert result.exit_code == 0, result.output + result.stderr
     assert "smoke: 11 of 11 jobs passed" in result.output
     assert "These numbers mean NOTHING" in result.output
-    artifacts = {"full_ft": "model.pt", "soft_prompt_10": "prompts.pt", "adapter_8": "adapter.pt", "lora_8": "lora.pt",
-                 "soft_prompt_1_opendelta": "prompts.pt", "adapter_8_adapterhub": "adapter", "lora_1_peft": "lora"}
-    for job, artifact in artifacts.items():
+    weights = {"full_ft": "model/model.safetensors", "soft_prompt_10": "prompts/prompts.safetensors",
+               "adapter_8": "adapter/adapter.safetensors", "lora_8": "lora/lora.safetensors",
+               "soft_prompt_1_opendelta": "prompts/prompts.safetensors", "adapter_8_adapterhub": "adapter/adapter.safetensors",
+               "lora_1_peft": "lora/adapter_model.safetensors"}
+    for job, file in weights.items():
         run = out / job / "seed0"
         data = json.loads((run / "result.json").read_text())
         assert data["status"] == "completed" and data["params"]["match"], job
         assert data["config"]["model"] == str(model_dir)
-        assert (run / artifact).exists(), job
+        assert data["artifact"] == file.split("/")[0] and (run / file).is_file(), job
+        sidecar = json.loads((run / data["artifact"] / "ptuning_artifact.json").read_text())
+        assert (sidecar["base_model"], sidecar["weights"]) == (str(model_dir), file.split("/")[1]), job
+    # every trained artifact is safetensors: no pickle anywhere in the results (checkpoints are removed at the end)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".pt", ".bin", ".pkl", ".pth")) == []
     assert result.output.count("| yes") == 11  # every parameter count equals its formula
 
 
