@@ -634,5 +634,17 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
         sys.exit(1)
 
 
+@main.command("export")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--to", "fmt", type=click.Choice(["peft"]), required=True, help="Target format: peft (a PEFT LoRA adapter directory).")
+@click.argument("out_dir", metavar="DIR")
+@click.option("--base-model", help="base_model_name_or_path to record (default: the model the run started from).")
+def export_cmd(run_dir: str, fmt: str, out_dir: str, base_model: str | None) -> None:
+    """Write a hand-written LoRA run (RUN_DIR, e.g. results/lora_8/seed0) as a PEFT adapter directory DIR."""
+    from ptuning.methods.export import export_peft
+
+    click.echo(export_peft(Path(run_dir), Path(out_dir), base_model))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
