@@ -2,8 +2,9 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 BIN         := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
 CONSTRAINTS := requirements/constraints.txt
+# the one torch pin (torch==X), shared with the Docker image and CI
+TORCH_REQ   := requirements/torch.txt
 JOB         ?=
 ARGS        ?=
 RESULTS     ?= results
@@ -14,11 +15,12 @@ RESULTS     ?= results
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) requirements/opendelta.txt
+$(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) $(TORCH_REQ) requirements/opendelta.txt
 	$(PYTHON) -m venv $(VENV)
-	@# torch: keep a compatible one if present (e.g. a CUDA build); else take the pinned CPU/CUDA wheel
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[libs,slurm,test,tensorboard]"
+	@# torch: the version $(TORCH_REQ) pins; a build of it already in .venv (CPU or CUDA) is kept, anything else replaced
+	$(BIN)/python tools/check-torch.py $(TORCH_REQ) || $(BIN)/pip install -r $(TORCH_REQ)
+	$(BIN)/python tools/check-torch.py $(TORCH_REQ)
+	$(BIN)/pip install -c $(CONSTRAINTS) -c $(TORCH_REQ) -e ".[libs,slurm,test,tensorboard]"
 	@# OpenDelta's metadata requires the dead `sklearn` package: install it without deps, plus what it imports
 	$(BIN)/pip install -c $(CONSTRAINTS) -r requirements/opendelta.txt
 	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps opendelta

@@ -4,9 +4,11 @@
 #
 #  1. docker daemon: use a running one; else start dockerd here (installing Debian's docker.io first
 #     if needed) and stop exactly that daemon, by pid, on exit.
-#  2. stand-in base image (docker/standin-base.sh): Debian bookworm + python venv + CPU torch, built
-#     once and cached; the real Dockerfile's BASE_IMAGE is swapped for it.
-#  3. `make docker-build` of docker/Dockerfile on the stand-in (network host, for PyPI).
+#  2. stand-in base image (docker/standin-base.sh): Debian bookworm + python venv, and the host's CPU wheel
+#     of the pinned torch, built once and cached; the real Dockerfile's BASE_IMAGE is swapped for it.
+#  3. `make docker-build` of docker/Dockerfile on the stand-in (network host, for PyPI), taking the CPU
+#     wheel of the pinned torch (TORCH_PIP_ARGS, TORCH_REQUIRE_CUDA=0), and a check that the image's torch
+#     is the version requirements/torch.txt pins.
 #  4. `make docker-ptuning` for --help, params, smoke (no network in the container), as an arbitrary
 #     non-image uid with temporary results/HF-cache folders, and a check that the smoke result files
 #     written in the container appear on the host, owned by that uid.
@@ -14,13 +16,18 @@
 #
 # Environment: TEST_IMAGE (ptuning:docker-test), STANDIN_IMAGE (ptuning-standin-base),
 #   PTUNING_DOCKERD_STORAGE (storage driver for a dockerd started here: overlay2, falling back to vfs),
-#   PTUNING_DOCKER_TEST_UID (4242): the host uid the container runs as.
+#   PTUNING_DOCKER_TEST_UID (4242): the host uid the container runs as,
+#   PTUNING_TORCH_PIP_ARGS (--find-links=/opt/torch-wheels, the stand-in's wheel folder): where the image build
+#     takes torch from; with no local wheel there it falls back to PyPI's (CUDA, large) build, so a machine
+#     that can reach it may pass "--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple".
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TEST_IMAGE="${TEST_IMAGE:-ptuning:docker-test}"
 STANDIN_IMAGE="${STANDIN_IMAGE:-ptuning-standin-base}"
 TEST_UID="${PTUNING_DOCKER_TEST_UID:-4242}"
+TORCH_PIP_ARGS="${PTUNING_TORCH_PIP_ARGS:---find-links=/opt/torch-wheels}"
+TORCH_PIN="$(sed -n 's/^torch==\([0-9][^ #;]*\).*/\1/p' requirements/torch.txt)"
 T0=$SECONDS
 STEP_T0=$SECONDS
 log() { printf '[docker-test %4ds] %s\n' "$((SECONDS - T0))" "$*"; }
@@ -92,22 +99,29 @@ fi
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
 
 # ---- 2. stand-in base --------------------------------------------------------------------------------
-step "stand-in base image $STANDIN_IMAGE (first time: debootstrap + torch, a few minutes)"
+step "stand-in base image $STANDIN_IMAGE (first time: debootstrap, a few minutes)"
 docker/standin-base.sh "$STANDIN_IMAGE"
 
 # ---- 3. the real Dockerfile on the stand-in ------------------------------------------------------------
 step "make docker-build IMAGE=$TEST_IMAGE BASE_IMAGE=$STANDIN_IMAGE"
 previous="$(docker image inspect -f '{{.Id}}' "$TEST_IMAGE" 2>/dev/null || true)"
 make --no-print-directory docker-build IMAGE="$TEST_IMAGE" BASE_IMAGE="$STANDIN_IMAGE" \
+  TORCH_PIP_ARGS="$TORCH_PIP_ARGS" TORCH_REQUIRE_CUDA=0 \
   DOCKER_BUILD_ARGS="--network host" > "${TMPDIR:-/tmp}/ptuning-docker-build.log" 2>&1 \
   || { tail -40 "${TMPDIR:-/tmp}/ptuning-docker-build.log" >&2; die "docker build failed (tail above; full log ${TMPDIR:-/tmp}/ptuning-docker-build.log)"; }
-grep -E '^Step [0-9]+/|Using cache|all declared dependencies|base image:' "${TMPDIR:-/tmp}/ptuning-docker-build.log" \
+grep -E '^Step [0-9]+/|Using cache|all declared dependencies|base image:|check-torch:' "${TMPDIR:-/tmp}/ptuning-docker-build.log" \
   | sed 's/^/    /' | tail -40 || true
 pass "image $TEST_IMAGE built: $(docker image inspect -f '{{.Size}}' "$TEST_IMAGE" | awk '{printf "%.1f GB", $1/1e9}')"
 # the image this build replaced would stay behind untagged, a few GB each time; remove it (not if a container uses it)
 if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$TEST_IMAGE")" ]; then
   if docker rmi "$previous" >/dev/null 2>&1; then log "removed the image this build replaced (${previous:7:12})"; fi
 fi
+
+step "the image's torch is the pinned one (requirements/torch.txt: $TORCH_PIN)"
+have="$(docker run --rm --network none --entrypoint python "$TEST_IMAGE" -c 'import torch; print(torch.__version__)')" \
+  || die "python -c 'import torch' failed in the image"
+[ "${have%%+*}" = "$TORCH_PIN" ] || die "the image has torch $have, requirements/torch.txt pins $TORCH_PIN"
+pass "torch $have in the image (pinned: $TORCH_PIN)"
 
 # ---- 4. the CLI in the container, through the same make target users call ------------------------------
 TMP="$(mktemp -d /tmp/ptuning-docker-test.XXXXXX)"

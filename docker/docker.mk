@@ -2,7 +2,7 @@
 # Every knob is a make variable with a default; override on the command line, e.g.
 #   make docker-run JOB=lora_8_peft GPUS='"device=1"' HF_CACHE=/data/hf RESULTS=/data/ptuning-results
 #
-#   make docker-build               build the CUDA image (docker/Dockerfile) as $(IMAGE)
+#   make docker-build               build the CUDA image (docker/Dockerfile) as $(IMAGE), torch from requirements/torch.txt
 #   make docker-run                 all rows:   ptuning run-all $(ARGS)
 #   make docker-run JOB=name        one row:    ptuning run name $(ARGS)
 #   make docker-ptuning CMD='...'   any ptuning subcommand with the same mounts (e.g. CMD=tables)
@@ -11,8 +11,13 @@
 
 IMAGE             ?= ptuning:latest
 DOCKERFILE        ?= docker/Dockerfile
-# Empty: the Dockerfile's pinned default (pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime).
+# Empty: the Dockerfile's default (python:3.11-slim-bookworm; torch comes from requirements/torch.txt).
 BASE_IMAGE        ?=
+# Where the pinned torch comes from: empty = PyPI's CUDA wheel. Extra pip options for that one install, e.g.
+# TORCH_PIP_ARGS=--find-links=/wheels (make docker-test) or "--index-url https://download.pytorch.org/whl/cpu".
+TORCH_PIP_ARGS    ?=
+# 1 (default) fails the build on a CPU-only torch; make docker-test, which installs the CPU wheel, passes 0.
+TORCH_REQUIRE_CUDA ?=
 DOCKER_BUILD_ARGS ?=
 # Passed to `docker run --gpus`; empty runs without GPUs (CPU only).
 GPUS              ?= all
@@ -45,6 +50,8 @@ DOCKER_RUN = docker run --rm --init $(DOCKER_TTY) $(if $(strip $(GPUS)),--gpus $
 
 docker-build:  ## build the CUDA image $(IMAGE) from docker/Dockerfile
 	docker build -f $(DOCKERFILE) -t $(IMAGE) $(if $(strip $(BASE_IMAGE)),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+		$(if $(strip $(TORCH_PIP_ARGS)),--build-arg "TORCH_PIP_ARGS=$(TORCH_PIP_ARGS)") \
+		$(if $(strip $(TORCH_REQUIRE_CUDA)),--build-arg TORCH_REQUIRE_CUDA=$(TORCH_REQUIRE_CUDA)) \
 		$(DOCKER_BUILD_ARGS) .
 
 # Create the mounted folders as the host user first (docker would create missing ones owned by root).

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build (once) a local stand-in for the CUDA base image, for `make docker-test` on a machine with no GPU
-# and no container registry: Debian bookworm (debootstrap, minbase) + python3 venv on PATH + CPU torch.
+# Build (once) a local stand-in for the image's base (python:3.11-slim-bookworm), for `make docker-test` on a
+# machine with no GPU and no container registry: Debian bookworm (debootstrap, minbase) + python3 venv on PATH,
+# plus the host's CPU wheel of the pinned torch (requirements/torch.txt) in /opt/torch-wheels, if there is one.
 #
 #   docker/standin-base.sh [IMAGE_NAME]     (default ptuning-standin-base)
 #
 # Needs root, a running docker daemon, debootstrap, network to the Debian mirror and PyPI.
-# Cached twice, keyed by this script + docker/standin.Dockerfile + the torch wheel:
+# Cached twice, keyed by this script + docker/standin.Dockerfile + the torch wheel (or its absence):
 #   - the debootstrap root filesystem as a tarball under $PTUNING_CACHE (default /var/cache/ptuning),
 #   - the finished image in the docker daemon (label ptuning.standin.key).
 # A second call with the same key returns at once.
@@ -16,7 +17,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${PTUNING_CACHE:-/var/cache/ptuning}"
 SUITE="${DEBIAN_SUITE:-bookworm}"            # Python 3.11, matching the cp311 torch wheel
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+# the version requirements/torch.txt pins: its one `torch==X` line
+TORCH_VERSION="$(sed -n 's/^torch==\([0-9][^ #;]*\).*/\1/p' "$HERE/../requirements/torch.txt")"
 WHEEL_DIR="${PTUNING_TORCH_WHEEL_DIR:-/opt/wheels}"
 CA_BUNDLE="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
 log() { printf '[standin-base] %s\n' "$*" >&2; }
@@ -32,15 +34,17 @@ cleanup_rootfs() {
   rm -rf --one-file-system "$dir"
 }
 
+[ -n "$TORCH_VERSION" ] || die "no 'torch==VERSION' line in requirements/torch.txt"
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap)"
 docker info >/dev/null 2>&1 || die "no docker daemon reachable"
 [ -r "$CA_BUNDLE" ] || die "CA bundle $CA_BUNDLE not readable (set PIP_CERT)"
 
-# The torch wheel: a local CPU build if there is one (seconds), else whatever pip finds for torch==X.
+# The torch wheel: a local CPU build of the pinned version if there is one; without it, the image build takes
+# PyPI's torch==X (the CUDA build, a few GB) unless docker-test is given another source (PTUNING_TORCH_PIP_ARGS).
 shopt -s nullglob
 wheels=("$WHEEL_DIR"/torch-"$TORCH_VERSION"*-cp311-*linux*x86_64.whl)
 shopt -u nullglob
-wheel_id="${wheels[0]:-pypi:torch==$TORCH_VERSION}"
+wheel_id="${wheels[0]:-none}"
 
 DEB_PACKAGES="python3,python3-venv,ca-certificates"
 # Bump ROOTFS_FORMAT when the way the root filesystem is made changes (invalidates the tarball cache).
@@ -90,10 +94,10 @@ if [ -n "${wheels[0]:-}" ]; then
   log "torch wheel: ${wheels[0]}"
   cp "${wheels[0]}" "$ctx/wheels/"
 else
-  log "WARNING: no local torch $TORCH_VERSION cp311 wheel in $WHEEL_DIR; pip will fetch torch==$TORCH_VERSION (may be large)"
+  log "WARNING: no local torch $TORCH_VERSION cp311 wheel in $WHEEL_DIR; the image build will fetch torch==$TORCH_VERSION (may be large)"
 fi
-log "building $IMAGE (venv + torch $TORCH_VERSION) ..."
+log "building $IMAGE (python venv, torch $TORCH_VERSION wheel: $(basename "$wheel_id")) ..."
 docker build --network host --label "ptuning.standin.key=$key" \
-  --build-arg "ROOTFS=$rootfs_image" --build-arg "TORCH_VERSION=$TORCH_VERSION" \
+  --build-arg "ROOTFS=$rootfs_image" \
   -t "$IMAGE" "$ctx" >&2
 log "stand-in base $IMAGE ready (key $key)"

@@ -44,3 +44,88 @@ def test_local_run_targets():
 def test_bench_target_writes_markdown_and_json_under_results():
     line = dry_run("bench", "ARGS=--concurrency 4", "-W", ".venv/bin/ptuning")
     assert ".venv/bin/ptuning bench --output results/bench.md --json results/bench.json --concurrency 4" in line
+
+
+# -- the one torch pin -------------------------------------------------------------------------------------
+
+TORCH_REQ = REPO / "requirements" / "torch.txt"
+CHECK_TORCH = REPO / "tools" / "check-torch.py"
+
+
+def torch_pin() -> str:
+    (line,) = [x for x in TORCH_REQ.read_text().splitlines() if x.startswith("torch==")]
+    return line.removeprefix("torch==")
+
+
+def test_torch_is_pinned_in_one_place_that_make_docker_and_ci_read():
+    pin = torch_pin()
+    assert pin.count(".") == 2
+    # no build file, script or workflow names the version itself: they all read requirements/torch.txt
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    build_files = [p for p in tracked if p.startswith(("docker/", ".github/", "scripts/", "requirements/", "tools/", ".ci/"))
+                   or p in ("Makefile", "lint.mk", "pyproject.toml", ".dockerignore")]
+    assert "docker/Dockerfile" in build_files and ".github/workflows/ci.yml" in build_files
+    naming = [p for p in build_files if pin in (REPO / p).read_text(errors="replace")]
+    assert naming == ["requirements/torch.txt"]
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "pytorch/pytorch" not in dockerfile and "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile
+    assert "COPY requirements/torch.txt /tmp/req/torch.txt" in dockerfile and "pip install ${TORCH_PIP_ARGS} -r /tmp/req/torch.txt" in dockerfile
+    assert "!requirements/torch.txt" in (REPO / ".dockerignore").read_text()
+    assert "pip install -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cpu" in (REPO / ".github/workflows/ci.yml").read_text()
+    assert '"$HERE/../requirements/torch.txt"' in (REPO / "docker" / "standin-base.sh").read_text()
+
+
+def test_make_install_keeps_only_the_pinned_torch_and_constrains_the_rest_to_it():
+    text = dry_run("install", "-W", "pyproject.toml")
+    assert ".venv/bin/python tools/check-torch.py requirements/torch.txt || .venv/bin/pip install -r requirements/torch.txt" in text
+    assert '.venv/bin/pip install -c requirements/constraints.txt -c requirements/torch.txt -e ".[libs,slurm,test,tensorboard]"' in text
+
+
+def test_docker_build_passes_the_torch_source_only_when_given():
+    plain = dry_run("docker-build")
+    assert "TORCH_PIP_ARGS" not in plain and "TORCH_REQUIRE_CUDA" not in plain
+    cpu = dry_run("docker-build", "TORCH_PIP_ARGS=--index-url https://download.pytorch.org/whl/cpu", "TORCH_REQUIRE_CUDA=0")
+    assert '--build-arg "TORCH_PIP_ARGS=--index-url https://download.pytorch.org/whl/cpu"' in cpu
+    assert "--build-arg TORCH_REQUIRE_CUDA=0" in cpu
+
+
+def fake_torch(tmp_path, body: str) -> dict:
+    """An environment whose `import torch` finds a stand-in module with `body` (shadowing the real one)."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(body)
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+
+
+def check_torch(tmp_path, body: str | None, *args: str, pin: str | None = None) -> tuple[int, str]:
+    import os
+    import sys
+
+    req = TORCH_REQ
+    if pin is not None:
+        req = tmp_path / "pin.txt"
+        req.write_text(pin)
+    env = {**os.environ, **fake_torch(tmp_path, body)} if body is not None else dict(os.environ)
+    proc = subprocess.run([sys.executable, str(CHECK_TORCH), str(req), *args], capture_output=True, text=True, env=env)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+@pytest.mark.parametrize("version, cuda, args, rc, line", [
+    ("{pin}+cu128", '"12.8"', ["--require-cuda"], 0, "check-torch: torch {pin}+cu128 (CUDA 12.8), the version {req} pins"),
+    ("{pin}+cpu", "None", [], 0, "check-torch: torch {pin}+cpu (CPU only), the version {req} pins"),
+    ("{pin}", "None", ["--require-cuda"], 1,
+     "check-torch: torch {pin} is a CPU-only build; this image needs the CUDA build of {pin} (PyPI's)"),
+    ("2.5.1+cu124", '"12.4"', ["--require-cuda"], 1, "check-torch: torch 2.5.1+cu124 (CUDA 12.4) is installed, but {req} pins {pin}"),
+], ids=["cuda build", "cpu build", "cpu build where cuda is required", "another version"])
+def test_check_torch(tmp_path, version, cuda, args, rc, line):
+    pin = torch_pin()
+    body = f"__version__ = {version.format(pin=pin)!r}\nclass version:\n    cuda = {cuda}\n"
+    assert check_torch(tmp_path, body, *args) == (rc, line.format(pin=pin, req=TORCH_REQ))
+
+
+def test_check_torch_without_torch_or_with_a_bad_pin_file(tmp_path):
+    code, out = check_torch(tmp_path, "raise ImportError('libcudart.so.12: cannot open shared object file')")
+    assert (code, out) == (1, f"check-torch: torch cannot be imported (ImportError: libcudart.so.12: cannot open shared object file); "
+                              f"{TORCH_REQ} pins {torch_pin()}")
+    (tmp_path / "x").mkdir()
+    code, out = check_torch(tmp_path / "x", None, pin="torch==1.0.0\ntorch==2.0.0\n")
+    assert (code, out) == (1, f"check-torch: {tmp_path / 'x' / 'pin.txt'} must have exactly one 'torch==VERSION' line, has 2")
