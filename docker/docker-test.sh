@@ -150,4 +150,7 @@ for f in "${found[@]}"; do
 done
 for f in "${found[@]}"; do printf '    %s\n' "${f#"$TMP"/}"; done
 pass "${#found[@]} result files on the host, all owned by uid $TEST_UID"
+pickles="$(find "$TMP/results" \( -name '*.pt' -o -name '*.bin' \) -printf '%P\n')"
+[ -z "$pickles" ] || die "pickled files among the smoke results (trained artifacts must be safetensors): $pickles"
+pass "no .pt or .bin file among the smoke results: $(find "$TMP/results" -name '*.safetensors' | wc -l) safetensors files"
 step "done"
