@@ -35,7 +35,7 @@ def test_tables_check_plots_read_an_older_versions_results_and_a_rerun_replaces_
         result = json.loads((rdir / "result.json").read_text())
         sizes[job] = (result["artifact_bytes"], (rdir / old).stat().st_size)
         (rdir / "result.json").write_text(json.dumps({**result, "artifact": old, "artifact_bytes": sizes[job][1]}, indent=2))
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl") == [
         "full_ft/seed0/model.pt", "full_ft/seed0/result.json", "lora_8/seed0/lora.pt", "lora_8/seed0/result.json"]
 
     tables = invoke("tables", "--results", str(out))
@@ -52,7 +52,8 @@ def test_tables_check_plots_read_an_older_versions_results_and_a_rerun_replaces_
 
     # a forced rerun writes the new artifact directory and removes the older version's file
     assert invoke(*run, "--force").exit_code == 0
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "plots" not in p.parts) == [
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if p.is_file() and "plots" not in p.parts and p.name != "metrics.jsonl") == [
         "full_ft/seed0/model/config.json", "full_ft/seed0/model/generation_config.json", "full_ft/seed0/model/model.safetensors",
         "full_ft/seed0/model/ptuning_artifact.json", "full_ft/seed0/result.json",
         "lora_8/seed0/lora/lora.safetensors", "lora_8/seed0/lora/ptuning_artifact.json", "lora_8/seed0/result.json"]
