@@ -8,7 +8,8 @@
   parameters cannot sit on a log axis: it is a dashed horizontal line.
 - `train_time.png`: mean training time per row (bars, ± std over seeds).
 
-Every `*_figure` function returns the matplotlib Figure so that tests can inspect its artists.
+Every `*_figure` function returns the matplotlib Figure so that tests can inspect its artists. A `note` (e.g.
+`ptuning demo`'s "SYNTHETIC DEMO TASK ...") is a first title line on every plot.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _label(row: stats.Row) -> str:
     return f"{row.job.row}. {row.job.title}{suffix}"
 
 
+def _title(ax, title: str, note: str | None) -> None:
+    ax.set_title(f"{note}\n{title}" if note else title)
+
+
 def _trains(row: stats.Row) -> bool:
     return any(r.get("config", {}).get("epochs", 1) != 0 for r in row.completed)
 
@@ -45,7 +50,7 @@ def plotted_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[stats.R
     return [r for r in stats.rows(jobs, results) if r.completed and r.accuracies]
 
 
-def accuracy_per_epoch_figure(rows: list[stats.Row]):
+def accuracy_per_epoch_figure(rows: list[stats.Row], note: str | None = None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
@@ -59,7 +64,7 @@ def accuracy_per_epoch_figure(rows: list[stats.Row]):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean over seeds")
-    ax.set_title("Test accuracy per epoch")
+    _title(ax, "Test accuracy per epoch", note)
     ax.grid(True, alpha=0.3)
     if rows:
         ax.legend(fontsize=7, loc="lower right")
@@ -81,7 +86,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def pareto_figure(rows: list[stats.Row]):
+def pareto_figure(rows: list[stats.Row], note: str | None = None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     protocols = sorted({r.protocol for r in rows}, key=lambda p: (p != "faithful", p))
@@ -108,7 +113,7 @@ def pareto_figure(rows: list[stats.Row]):
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("reported test accuracy (%), mean ± std over seeds")
-    ax.set_title("Accuracy against trainable parameters")
+    _title(ax, "Accuracy against trainable parameters", note)
     ax.grid(True, which="both", alpha=0.3)
     if rows:
         ax.legend(fontsize=7, loc="lower right")
@@ -116,7 +121,7 @@ def pareto_figure(rows: list[stats.Row]):
     return fig
 
 
-def train_time_figure(rows: list[stats.Row]):
+def train_time_figure(rows: list[stats.Row], note: str | None = None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.4 * len(rows) + 1.5)))
     labels, means, errs = [], [], []
@@ -131,7 +136,7 @@ def train_time_figure(rows: list[stats.Row]):
     ax.set_yticks(positions, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("training time per run (minutes), mean over seeds")
-    ax.set_title("Training time")
+    _title(ax, "Training time", note)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -142,8 +147,8 @@ def plot_paths(results_dir: Path) -> list[Path]:
     return [directory / name for name in FILES.values()]
 
 
-def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Path) -> list[Path]:
-    """Write the three PNGs into `<results_dir>/plots/`; nothing when no row has completed."""
+def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Path, note: str | None = None) -> list[Path]:
+    """Write the three PNGs into `<results_dir>/plots/`, `note` atop every title; nothing when no row has completed."""
     rows = plotted_rows(jobs, results)
     if not rows:
         return []
@@ -158,7 +163,7 @@ def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Pat
         raise PtuningError(f"cannot write the plots to {directory}: {exc.strerror or exc}; {advice}") from None
     written = []
     for key, build in (("accuracy", accuracy_per_epoch_figure), ("pareto", pareto_figure), ("time", train_time_figure)):
-        fig = build(rows)
+        fig = build(rows, note)
         try:  # never a half-written PNG; a write error is one line
             written.append(atomic_save(directory / FILES[key], lambda tmp: fig.savefig(tmp, dpi=120, format="png"), writable=advice))
         finally:

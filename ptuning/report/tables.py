@@ -150,10 +150,13 @@ def plot_links(plots: list[Path] | None) -> list[str]:
     return ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({p.as_posix()})" for p in existing] + [""]
 
 
-def tables(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None) -> str:
-    """Both tables as one markdown document, ending with links to `plots` (the PNGs that exist)."""
+def tables(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None, caption: str | None = None) -> str:
+    """Both tables as one markdown document, ending with links to `plots` (the PNGs that exist).
+
+    `caption`, when given, is a bold first line (`ptuning demo` marks its synthetic task with it)."""
     return "\n".join(
         [
+            *([f"**{caption}**", ""] if caption else []),
             "## Accuracy (test split)",
             "",
             markdown(ACCURACY_HEADERS, accuracy_rows(jobs, results)),

@@ -90,3 +90,12 @@ def test_plots_that_cannot_be_written_are_one_line_and_leave_nothing(tmp_path):
     assert out.exit_code == 1, out.exception
     assert out.stderr.strip() == f"ptuning: error: cannot write the plots to {tmp_path / 'plots'}: File exists; make it a writable directory (the results and the tables do not need it)"
     assert (tmp_path / "plots").read_text() == "not a directory"
+
+
+def test_a_note_heads_every_plot_title(tmp_path):
+    rows = plots.plotted_rows(load_all_jobs(JOBS), fake_results())
+    titles = {"accuracy_per_epoch_figure": "Test accuracy per epoch", "pareto_figure": "Accuracy against trainable parameters",
+              "train_time_figure": "Training time"}
+    for name, title in titles.items():
+        assert getattr(plots, name)(rows).axes[0].get_title() == title
+        assert getattr(plots, name)(rows, "SYNTHETIC").axes[0].get_title() == f"SYNTHETIC\n{title}"

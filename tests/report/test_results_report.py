@@ -60,6 +60,8 @@ def test_tables_show_not_run_failed_and_numbers():
     params = next(line for line in lines if "| lora_8 " in line and "294,912" in line)
     assert "60,801,536" in params and "| yes" in params
     assert text.count("| 1 ") >= 2 and "## Accuracy (test split)" in text and "## Parameters" in text
+    assert text.startswith("## Accuracy (test split)\n")
+    assert report.tables(jobs, res, caption="SYNTHETIC TASK") == "**SYNTHETIC TASK**\n\n" + text  # ptuning demo's mark
 
 
 def test_environment_records_versions():
