@@ -19,7 +19,7 @@ NEUTRAL = (
 ).split()
 
 
-def _t5_config(**shape):
+def t5_config(**shape):
     """A T5Config with t5-small's architecture rules (relu FFN, dropout 0.1, tied embeddings) and this shape."""
     from transformers import T5Config
 
@@ -36,7 +36,7 @@ def _t5_config(**shape):
 
 def tiny_t5_config(vocab_size: int):
     """A 2+2-block T5 with the t5-small architecture's shape rules (relu FFN, tied embeddings)."""
-    return _t5_config(
+    return t5_config(
         vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=32,
     )
@@ -44,7 +44,7 @@ def tiny_t5_config(vocab_size: int):
 
 def t5_small_config():
     """The exact t5-small configuration (builds a random-weight model with 60,506,624 parameters)."""
-    return _t5_config(
+    return t5_config(
         vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8,
         relative_attention_num_buckets=32,
     )
@@ -52,7 +52,7 @@ def t5_small_config():
 
 def small_config():
     """A small T5 (2+2 blocks, d_model 64) with t5-small's vocabulary size: a CPU bench in seconds."""
-    return _t5_config(
+    return t5_config(
         vocab_size=32128, d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
         relative_attention_num_buckets=32,
     )
