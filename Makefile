@@ -10,7 +10,7 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slurm smoke run tables params bench gpu-check clean
+.PHONY: help install test test-slurm smoke demo run tables params bench gpu-check clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test-slurm: install  ## the SLURM tests (pytest -m slurm) on a private one-node 
 
 smoke: install  ## all jobs end to end on a tiny offline model (CPU, under a minute)
 	$(BIN)/ptuning smoke $(ARGS)
+
+demo: install  ## zero-shot and every row learning a synthetic task, offline on CPU (a few minutes; docs/demo.md)
+	$(BIN)/ptuning demo $(ARGS)
 
 run: install  ## run all jobs (needs a GPU and the hub), or one: make run JOB=lora_8
 ifeq ($(JOB),)

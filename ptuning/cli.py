@@ -646,5 +646,30 @@ def export_cmd(run_dir: str, fmt: str, out_dir: str, base_model: str | None) -> 
     click.echo(export_peft(Path(run_dir), Path(out_dir), base_model))
 
 
+@main.command()
+@click.option("--output-dir", type=click.Path(file_okay=False), default="results/demo", show_default=True, help="Where the demo's results go.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where the synthetic backbone and task are built (default: ptuning's cache, ~/.cache/ptuning).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Training seed of every row (the backbone's is part of its recipe).")
+@click.option("--quick", is_flag=True, help="The test suite's smaller demo: a smaller backbone, fewer reviews and steps (about a third of the time).")
+@click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
+@click.pass_context
+def demo(ctx: click.Context, output_dir: str, workdir: str | None, seed: int, quick: bool, job_refs: tuple[str, ...]) -> None:
+    """Zero-shot and every row on a synthetic task each method can learn: offline, on CPU, in minutes."""
+    from ptuning.settings import job_names, load_job
+    from ptuning.testing import demo as demo_mod
+
+    directory = _jobs_dir(ctx)
+    jobs = [load_job(name, directory) for name in job_refs or job_names(directory)]  # a bad name: one line, nothing run
+    jobs.sort(key=lambda j: (j.row, j.name))
+    outcome = demo_mod.run(jobs, demo_mod.PROFILES["quick" if quick else "demo"], Path(output_dir), Path(workdir) if workdir else None,
+                           seed, echo=click.echo, error=lambda line: click.echo(line, err=True))
+    ran = len(jobs) - len(outcome.failures)
+    click.echo(f"demo: {ran} of {len(jobs)} jobs ran in {outcome.seconds:.0f} s; results and plots in {output_dir}")
+    if outcome.failures:
+        raise PtuningError(f"demo: {len(outcome.failures)} of {len(jobs)} jobs failed: {', '.join(outcome.failures)}")
+    if not outcome.passed:
+        raise PtuningError("demo: the learning check failed (see above): a method did not learn the synthetic task")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -129,3 +129,8 @@ def test_check_torch_without_torch_or_with_a_bad_pin_file(tmp_path):
     (tmp_path / "x").mkdir()
     code, out = check_torch(tmp_path / "x", None, pin="torch==1.0.0\ntorch==2.0.0\n")
     assert (code, out) == (1, f"check-torch: {tmp_path / 'x' / 'pin.txt'} must have exactly one 'torch==VERSION' line, has 2")
+
+
+def test_demo_target_runs_the_demo():
+    assert ".venv/bin/ptuning demo" in dry_run("demo", "-W", ".venv/bin/ptuning")
+    assert ".venv/bin/ptuning demo --quick" in dry_run("demo", "ARGS=--quick", "-W", ".venv/bin/ptuning")
