@@ -649,7 +649,7 @@ def export_cmd(run_dir: str, fmt: str, out_dir: str, base_model: str | None) -> 
 @main.command()
 @click.option("--output-dir", type=click.Path(file_okay=False), default="results/demo", show_default=True, help="Where the demo's results go.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Where the synthetic backbone and task are built (default: ptuning's cache, ~/.cache/ptuning).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Training seed of every row (the backbone's is part of its recipe).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Training seed of every row (the backbone's is part of its recipe).")
 @click.option("--quick", is_flag=True, help="The test suite's smaller demo: a smaller backbone, fewer reviews and steps (about a third of the time).")
 @click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
 @click.pass_context
@@ -660,6 +660,8 @@ def demo(ctx: click.Context, output_dir: str, workdir: str | None, seed: int, qu
 
     directory = _jobs_dir(ctx)
     jobs = [load_job(name, directory) for name in job_refs or job_names(directory)]  # a bad name: one line, nothing run
+    if not jobs:
+        raise PtuningError(f"no job files (*.yaml) in {directory}; pass --jobs-dir with the folder of job files")
     jobs.sort(key=lambda j: (j.row, j.name))
     outcome = demo_mod.run(jobs, demo_mod.PROFILES["quick" if quick else "demo"], Path(output_dir), Path(workdir) if workdir else None,
                            seed, echo=click.echo, error=lambda line: click.echo(line, err=True))

@@ -114,12 +114,18 @@ def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path):
     assert not (tmp_path / "demo").exists() and (tmp_path / "a-file").read_text() == "kept"
 
 
-def test_an_unknown_job_is_one_line_before_anything_is_built(tmp_path):
+def test_an_unknown_job_or_no_jobs_is_one_line_before_anything_is_built(tmp_path):
     run = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "demo", "--workdir", str(tmp_path / "w"),
                                     "--output-dir", str(tmp_path / "demo"), "lora_9"])
     assert run.exit_code == 1, run.exception
     assert run.stderr.strip().startswith(f"ptuning: error: no job named 'lora_9' in {JOBS}; nearest: ")
     assert not (tmp_path / "w").exists() and not (tmp_path / "demo").exists()
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "_defaults.yaml").write_text((JOBS / "_defaults.yaml").read_text())
+    run = CliRunner().invoke(main, ["--jobs-dir", str(tmp_path / "jobs"), "demo", "--workdir", str(tmp_path / "w")])
+    assert run.exit_code == 1, run.exception
+    assert run.stderr.strip() == f"ptuning: error: no job files (*.yaml) in {tmp_path / 'jobs'}; pass --jobs-dir with the folder of job files"
+    assert not (tmp_path / "w").exists()
 
 
 def fake(job: str, final: float, seed: int = 0, status: str = "completed") -> dict:
