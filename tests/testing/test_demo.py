@@ -104,6 +104,20 @@ def test_the_same_seed_gives_the_same_numbers(quick_demo, demo_workdir, tmp_path
     assert seeded["epochs"][0]["train_loss"] != result(quick_demo[1], "lora_1_peft")["epochs"][0]["train_loss"]
 
 
+def test_a_row_that_fails_is_one_line_the_others_run_and_the_demo_exits_1(demo_workdir, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if PEFT were not installed
+    out = tmp_path / "failing"
+    run = demo("--workdir", str(demo_workdir), "--output-dir", str(out), "zero_shot", "lora_1_peft")
+    assert run.exit_code == 1
+    errors = run.stderr.strip().splitlines()
+    assert errors[0].startswith("ptuning: error: [lora_1_peft] lora/peft needs the package 'peft', which could not be imported")
+    assert errors[-1] == "ptuning: error: demo: 1 of 2 jobs failed: lora_1_peft"
+    assert "learning check: lora_1_peft: no completed result: FAILED" in run.output.splitlines()
+    assert result(out, "zero_shot")["status"] == "completed" and not (out / "lora_1_peft" / "seed0" / "result.json").exists()
+
+
 def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("kept")
     run = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "demo", "--workdir", str(tmp_path / "a-file" / "w"),
