@@ -51,6 +51,9 @@ def resume_command(ctx: click.Context) -> str:
 @click.pass_context
 def main(ctx: click.Context, jobs_dir: str | None) -> None:
     """Fine-tune T5-small on IMDb ten ways and compare accuracy and parameter counts."""
+    from ptuning import quiet
+
+    quiet.install()
     ctx.obj = {"jobs_dir": jobs_dir}
 
 

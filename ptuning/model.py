@@ -58,6 +58,9 @@ def load_model(ref: str):
     """(model, tokenizer) for a T5 checkpoint; any other architecture is refused."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+    from ptuning import quiet
+
+    quiet.install()  # the libraries' known, harmless notices (ptuning/quiet.py)
     config = load_config(ref)
     source, local, cache_only = _source(ref)
     if local and Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):

@@ -46,3 +46,12 @@ def tiny_model(tiny_model_dir):
     from ptuning.model import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libraries():
+    """The libraries' known notices (ptuning/quiet.py) stay out of the test report too: pytest gives every test fresh
+    warning filters, so they are installed for each (tests/test_quiet.py checks the filters themselves)."""
+    from ptuning import quiet
+
+    quiet.install()

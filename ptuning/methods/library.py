@@ -29,8 +29,10 @@ def import_library(key: str, module: str | None = None, who: str = "this method"
 
     Raises PtuningError("<who> needs the package 'X' ... install it with: ...") on any failure.
     """
+    from ptuning import quiet
     from ptuning.methods import INSTALL_HINTS
 
+    quiet.install()  # e.g. AdapterHub's T5 notices on every forward (ptuning/quiet.py)
     package, default_module = PACKAGES[key]
     try:
         return importlib.import_module(module or default_module)

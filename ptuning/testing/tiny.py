@@ -94,6 +94,9 @@ def train_tokenizer(directory: Path, corpus_dir: Path, vocab_size: int = 128, wh
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 
+    from ptuning import quiet
+
+    quiet.install()  # the conversion below prints transformers' "legacy behaviour" notice
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     texts = []
