@@ -54,9 +54,6 @@ class AdapterHubBottleneck(LibraryMethod):
     knobs = {"bottleneck": Knob(int, None, 1, "adapter bottleneck width b (reduction factor d/b)", maximum=2**16)}
     artifact = "adapter"  # a directory written by save_adapter
 
-    def knob_summary(self) -> str:
-        return f"bottleneck {self.bottleneck}"
-
     def reduction_factor(self, config: Any) -> float:
         return config.d_model / self.bottleneck
 

@@ -15,8 +15,19 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class SameAs:
+    """A knob's default that is another knob's value (a soft prompt's placeholders: its number of tokens)."""
+
+    knob: str
+
+    def __str__(self) -> str:
+        return f"the value of {self.knob}"
+
+
+@dataclass(frozen=True)
 class Knob:
-    """One job-file field of a method: its type, default (None = required) and allowed range."""
+    """One job-file field of a method: its type, default (None = required; `SameAs(other)` = that knob's value) and
+    allowed range."""
 
     type: type
     default: Any = None
@@ -68,6 +79,8 @@ class Method:
         out: dict[str, Any] = {}
         for key, spec in cls.knobs.items():
             value = values.get(key, spec.default)
+            if isinstance(value, SameAs):
+                value = values.get(value.knob, cls.knobs[value.knob].default)
             if value is None:
                 raise PtuningError(f"{where}: knob {key!r} is required ({spec.help or spec.type.__name__})")
             ok = not isinstance(value, bool) or spec.type is bool
@@ -99,8 +112,18 @@ class Method:
         return 0
 
     def knob_summary(self) -> str:
-        """Short human text for tables, e.g. 'rank 8'. '–' for methods without knobs."""
-        return ", ".join(f"{k} {v}" for k, v in self.values.items()) or "–"
+        """The knob a table row is named by, as the report writes it ('rank 8', 'bottleneck 8', '10 tokens'); then
+        any other knob whose value is not its default ('rank 1, alpha 8'). '–' for methods without knobs."""
+        parts = []
+        for i, (key, spec) in enumerate(self.knobs.items()):
+            value = self.values[key]
+            if i == 0 or (not isinstance(spec.default, SameAs) and value != spec.default):
+                parts.append(self.describe_knob(key, value))
+        return ", ".join(parts) or "–"
+
+    def describe_knob(self, key: str, value: Any) -> str:
+        """One knob in words, for `knob_summary`."""
+        return f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
 
     # -- model -----------------------------------------------------------------------------
     def apply(self, model: nn.Module) -> nn.Module:

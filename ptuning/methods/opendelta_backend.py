@@ -14,9 +14,10 @@ How OpenDelta's soft prompt works, and how it differs from the hand-written one:
     per forward or generate call (not once per decoding step), and a mask that already grew is not
     grown again, so calling forward or generate twice on the same batch gives the same result
     (tests/test_library_methods.py checks both). The caller's batch tensor is left grown.
-  * The exercise ALSO kept the n `<pad>` placeholder tokens (id 0, attention 1) in the input, so
-    OpenDelta's n vectors sit in front of them and the encoder sees [n soft | n pad | text]: we
-    reproduce that, hence `placeholder_tokens()` returns n here too. (The hand-written prompt instead
+  * The exercise ALSO kept the `<pad>` placeholder tokens (id 0, attention 1) in the input, so
+    OpenDelta's n vectors sit in front of them and the encoder sees [n soft | p pad | text]: we
+    reproduce that, hence `placeholder_tokens()` returns p, the `placeholders` knob (default n; the
+    1-token row's job file sets 10, as the course's notebook fed it). (The hand-written prompt instead
     REPLACES the placeholders: [n prompt | text].)
 """
 
@@ -28,22 +29,27 @@ from torch import nn
 
 from ptuning.errors import PtuningError
 from ptuning.methods import formulas
-from ptuning.methods.base import Knob
+from ptuning.methods.base import Knob, SameAs
 from ptuning.methods.library import LibraryMethod, import_library
+from ptuning.methods.soft_prompt import describe_tokens
 
 
 class OpenDeltaSoftPrompt(LibraryMethod):
     """OpenDelta `SoftPromptModel(backbone_model=model, soft_token_num=n)`, then
     `freeze_module(exclude=["deltas"])`: only the n·d soft-prompt vectors train.
 
-    The data pipeline still prepends n `<pad>` placeholders (`placeholder_tokens()` = n), as the
-    exercise did; OpenDelta puts its own n vectors in front of them.
+    The data pipeline still prepends `<pad>` placeholders (`placeholder_tokens()` = the `placeholders`
+    knob, n by default), as the exercise did; OpenDelta puts its own n vectors in front of them.
     """
 
     name = "soft_prompt"
     implementation = "opendelta"
     library = "opendelta"
-    knobs = {"tokens": Knob(int, None, 1, "number of soft-prompt vectors n", maximum=2**16)}
+    knobs = {
+        "tokens": Knob(int, None, 1, "number of soft-prompt vectors n", maximum=2**16),
+        "placeholders": Knob(int, SameAs("tokens"), 0, "<pad> placeholders left in front of every input; OpenDelta puts "
+                             "its vectors before them (default: tokens)", maximum=2**16),
+    }
     artifact = "prompts"  # a directory: prompts.safetensors + ptuning_artifact.json
     legacy_artifact = "prompts.pt"
 
@@ -54,12 +60,13 @@ class OpenDeltaSoftPrompt(LibraryMethod):
         return import_library(cls.library, who=who)
 
     def placeholder_tokens(self) -> int:
-        # The exercise kept the n <pad> placeholders in the input in its OpenDelta rows as well
-        # (OpenDelta prepends its own n vectors in front of them); ptuning reproduces that (docs/protocol.md).
-        return self.tokens
+        # The exercise kept the <pad> placeholders in the input in its OpenDelta rows as well (OpenDelta prepends
+        # its own vectors in front of them); ptuning reproduces that (docs/protocol.md). By default as many as the
+        # prompt has vectors; the 1-token row's job file asks for the 10 the course's notebook fed it.
+        return self.placeholders
 
-    def knob_summary(self) -> str:
-        return f"{self.tokens} token" + ("s" if self.tokens != 1 else "")
+    def describe_knob(self, key: str, value) -> str:
+        return describe_tokens(key, value) or super().describe_knob(key, value)
 
     def apply(self, model: nn.Module) -> nn.Module:
         opendelta = self._import()

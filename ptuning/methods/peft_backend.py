@@ -47,11 +47,6 @@ class PeftLoRA(LibraryMethod):
             raise PtuningError(f"lora/peft: knob 'dropout' must be < 1, got {values['dropout']!r}")
         return values
 
-    def knob_summary(self) -> str:
-        extra = [f"alpha {self.alpha:g}"] if self.alpha != 4.0 else []
-        extra += [f"dropout {self.dropout:g}"] if self.dropout != 0.1 else []
-        return ", ".join([f"rank {self.rank}", *extra])
-
     def lora_config(self):
         peft = self._import()
         return peft.LoraConfig(

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptuning.errors import PtuningError
 from ptuning.methods import formulas
-from ptuning.methods.base import Knob, Method
+from ptuning.methods.base import Knob, Method, SameAs
 
 
 class PromptedEmbedding(nn.Module):
@@ -34,15 +35,37 @@ class PromptedEmbedding(nn.Module):
         return torch.cat([prompt, embeds[:, n:]], dim=1)
 
 
+def describe_tokens(key: str, value) -> str | None:
+    """A soft prompt's length as the report writes it ('10 tokens', '1 token'); None for another knob."""
+    if key != "tokens":
+        return None
+    return f"{value} token" + ("s" if value != 1 else "")
+
+
 class HandSoftPrompt(Method):
     name = "soft_prompt"
     implementation = "hand"
-    knobs = {"tokens": Knob(int, None, 1, "number of prompt vectors n", maximum=2**16)}
+    knobs = {
+        "tokens": Knob(int, None, 1, "number of prompt vectors n", maximum=2**16),
+        "placeholders": Knob(int, SameAs("tokens"), 1, "<pad> placeholders in front of every input; the prompt replaces "
+                             "the first n (default: tokens)", maximum=2**16),
+    }
     artifact = "prompts"  # a directory: prompts.safetensors + ptuning_artifact.json
     legacy_artifact = "prompts.pt"
 
+    @classmethod
+    def validate(cls, values):
+        values = super().validate(values)
+        if values["placeholders"] < values["tokens"]:
+            raise PtuningError(f"soft_prompt/hand: knob 'placeholders' ({values['placeholders']}) must be at least 'tokens' "
+                               f"({values['tokens']}): the prompt's vectors replace placeholders, never text")
+        return values
+
+    def describe_knob(self, key: str, value) -> str:
+        return describe_tokens(key, value) or super().describe_knob(key, value)
+
     def placeholder_tokens(self) -> int:
-        return self.tokens
+        return self.placeholders
 
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():
