@@ -590,12 +590,23 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[
         except PtuningError as exc:
             failures.append((name, str(exc)))
     jobs.sort(key=lambda j: (j.row, j.name))
-    rows = params.parameter_rows(jobs, config, errors=failures)
+    rows = params.parameter_rows(jobs, config, errors=failures, progress=_progress_line())
     click.echo(params.render_json(rows) if fmt == "json" else params.render_markdown(rows))
     for name, message in failures:
         click.echo(f"ptuning: error: [{name}] {message}", err=True)
     if failures or not all(r["match"] for r in rows):
         sys.exit(1)
+
+
+def _progress_line():
+    """`progress(i, n, name)` that shows 'counting 3/11: adapter_8' in place on a terminal's stderr; None elsewhere."""
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(i: int, n: int, name: str) -> None:  # i == n: done, clear the line
+        click.echo("\r\033[K" + (f"counting parameters {i + 1}/{n}: {name}" if i < n else ""), err=True, nl=False)
+
+    return progress
 
 
 @main.command()
