@@ -541,11 +541,17 @@ def tables_cmd(ctx: click.Context, results_dir: str) -> None:
 
 @main.command("check")
 @click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, show_default=True, metavar="PTS",
-              help="Allowed distance of a row's max accuracy from the reference, in points.")
+              help="Allowed distance of a row's figure from the reference, in points, either way.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
 @click.pass_context
 def check_cmd(ctx: click.Context, tolerance: float, results_dir: str) -> None:
-    """Fail (exit 1) when a row's max accuracy is farther than the tolerance from the reference, or did not run."""
+    """Compare each row with the report's accuracy; exit 1 if one is off or incomplete.
+
+    The figure compared is the one the tables show: the faithful protocol's max test accuracy over epochs, mean
+    over seeds. Each row's line gives the reference, the measured figure and the distance. A row fails when the
+    distance is over the tolerance, and when its runs do not count as a full reproduction; the line names every
+    reason: a seed that failed, a train or eval limit, fewer or more epochs than the job file, only heldout-protocol
+    results, no result at all. Rows without a reference accuracy are skipped."""
     from ptuning.report.check import check
     from ptuning.settings import load_all_jobs
 

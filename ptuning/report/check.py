@@ -1,10 +1,11 @@
-"""`ptuning check`: does each row's max validation accuracy lie within a tolerance of the report's?
+"""`ptuning check`: does each row's figure lie within a tolerance of the report's?
 
-For every job with a reference accuracy, the row's faithful-protocol runs (the report's protocol: max test
-accuracy over epochs) must exist, all have completed, all come from full-protocol runs (no train/eval limit,
-the job's number of epochs), and their mean over seeds — the figure `ptuning tables` shows — must be at most
-`tolerance` points away from the reference, in either direction. Anything else fails: a seed that failed, or
-only heldout-protocol results (a different figure from the report's).
+The figure compared is the faithful protocol's (the report's): the max test accuracy over epochs, mean over
+seeds — the figure `ptuning tables` shows. For every job with a reference accuracy, its faithful-protocol runs
+must exist, all have completed, all come from full-protocol runs (no train/eval limit, the job's number of
+epochs), and that figure must be at most `tolerance` points away from the reference, in either direction.
+Each row's line gives the reference, the measured figure and the distance, and every reason the runs do not
+count (a failed seed, a limit, fewer epochs, only heldout-protocol results, no run at all).
 """
 
 from __future__ import annotations
@@ -31,24 +32,29 @@ def _partial_run(result: dict[str, Any], job) -> str | None:
     return ", ".join(limits) or None
 
 
-def _problem(row, others: list[str], results_dir: Path) -> str | None:
-    """Why a job's faithful-protocol runs (`row`) cannot be compared with the reference, or None.
-    `others`: the protocols the job has results under besides faithful."""
+def _reasons(row, others: list[str], results_dir: Path) -> list[str]:
+    """Every reason a job's faithful-protocol runs (`row`) do not count as a reproduction of the report's figure
+    (empty: they do). `others`: the protocols the job has results under besides faithful."""
     if row is None or not (row.completed or row.failed):
         if others:
-            return (f"only {', '.join(others)}-protocol results; the reference is the faithful protocol's figure "
-                    "(run without --protocol heldout)")
-        return f"did not run (no result in {results_dir})"
-    if row.failed:
-        reason = row.failed[0].get("reason", "")
-        seeds = f"{len(row.failed)} of {len(row.failed) + len(row.completed)} seeds" if len(row.failed) + len(row.completed) > 1 else "the run"
-        return f"failed ({seeds}): {reason}".rstrip(": ")
-    for result in row.completed:
+            return [f"only {', '.join(others)}-protocol results; the reference is the faithful protocol's figure "
+                    "(run without --protocol heldout)"]
+        return [f"did not run (no result in {results_dir})"]
+    from ptuning.report import stats
+
+    runs = sorted(row.completed + row.failed, key=stats.seed_of)
+    several = len(runs) > 1
+    reasons = []
+    for result in runs:
+        who = f"seed {stats.seed_of(result)}" if several else "the run"
+        if result.get("status") != "completed":
+            reasons.append(f"{who} failed: {result.get('reason') or 'no reason recorded'}")
+            continue
         if not isinstance(result.get("max_accuracy"), (int, float)):
-            return "result has no max_accuracy"
+            reasons.append(f"{who}: result has no max_accuracy")
         if (why := _partial_run(result, row.job)) is not None:
-            return f"not a full-protocol run ({why}): {result['max_accuracy']:.2f}%"
-    return None
+            reasons.append(f"{who}: not a full-protocol run ({why})")
+    return reasons
 
 
 def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=None) -> tuple[bool, list[str]]:
@@ -84,20 +90,24 @@ def check(results_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, jobs=No
             unreferenced += 1
             lines.append(f"SKIP {head} no reference accuracy in the job file")
             continue
-        problem = _problem(faithful.get(job.name), others.get(job.name, []), results_dir)
-        if problem is None:
-            row = faithful[job.name]
-            best = stats.summarize(r["max_accuracy"] for r in row.completed).mean
+        row = faithful.get(job.name)
+        reasons = _reasons(row, others.get(job.name, []), results_dir)
+        figures = [r["max_accuracy"] for r in (row.completed if row else []) if isinstance(r.get("max_accuracy"), (int, float))]
+        measured = distance = "–"
+        within = False
+        if figures:
+            best = stats.summarize(figures).mean
             diff = best - ref
-            verdict = "ok  " if abs(diff) <= tolerance + 1e-9 else "FAIL"
-            passed += verdict == "ok  "
-            failed += verdict == "FAIL"
-            n = len(row.completed)
-            what = f"max {best:.2f}%" + (f" (mean of {n} seeds)" if n > 1 else "")
-            lines.append(f"{verdict} {head} {what} vs reference {ref:.1f}%: {diff:+.2f} points (tolerance {tolerance:g})")
-            continue
-        failed += 1
-        lines.append(f"FAIL {head} {problem}")
+            within = abs(diff) <= tolerance + 1e-9
+            measured = f"{best:.2f}%" + (f" (mean of {len(figures)} seeds)" if len(figures) > 1 else "")
+            distance = f"{diff:+.2f} points"
+        ok = within and not reasons
+        passed += ok
+        failed += not ok
+        line = f"{'ok  ' if ok else 'FAIL'} {head} reference {ref:.1f}%, measured {measured}, distance {distance} (tolerance {tolerance:g})"
+        if reasons:
+            line += "; incomplete: " + "; ".join(reasons)
+        lines.append(line)
 
     ok = failed == 0 and passed > 0
     summary = f"check: {passed} within ±{tolerance:g} points, {failed} failed"

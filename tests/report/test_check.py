@@ -71,7 +71,8 @@ def test_row_out_of_tolerance_fails(tmp_path, jobs):
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
     assert not ok
     fails = [line for line in lines if line.startswith("FAIL")]
-    assert len(fails) == 1 and bad.name in fails[0] and "-2.50 points" in fails[0]
+    assert fails == [f"FAIL {bad.name:<28} reference {bad.reference_accuracy:.1f}%, measured {bad.reference_accuracy - 2.5:.2f}%, "
+                     f"distance -2.50 points (tolerance {DEFAULT_TOLERANCE:g})"]
 
 
 def test_missing_row_fails(tmp_path, jobs):
@@ -79,7 +80,8 @@ def test_missing_row_fails(tmp_path, jobs):
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
     assert not ok
     fails = [line for line in lines if line.startswith("FAIL")]
-    assert len(fails) == 1 and jobs[0].name in fails[0] and "did not run" in fails[0]
+    assert fails == [f"FAIL {jobs[0].name:<28} reference {jobs[0].reference_accuracy:.1f}%, measured –, distance – "
+                     f"(tolerance {DEFAULT_TOLERANCE:g}); incomplete: did not run (no result in {tmp_path})"]
 
 
 def test_failed_row_fails(tmp_path, jobs):
@@ -87,7 +89,8 @@ def test_failed_row_fails(tmp_path, jobs):
     write(tmp_path, jobs[2], status="failed")
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, jobs)
     assert not ok
-    assert any(line.startswith("FAIL") and jobs[2].name in line and "out of memory" in line for line in lines)
+    assert any(line.startswith(f"FAIL {jobs[2].name} ") and line.endswith("measured –, distance – (tolerance 1); incomplete: "
+                                                                         "the run failed: CUDA out of memory") for line in lines)
 
 
 def test_seeds_are_compared_by_their_mean_like_the_table(tmp_path, jobs):
@@ -96,7 +99,8 @@ def test_seeds_are_compared_by_their_mean_like_the_table(tmp_path, jobs):
     write(tmp_path, job, job.reference_accuracy + 1.0, seed=1)
     ok, lines = check(tmp_path, 0.5, [job])
     assert ok, lines
-    assert lines[0] == f"ok   {job.name:<28} max {job.reference_accuracy - 0.3:.2f}% (mean of 2 seeds) vs reference {job.reference_accuracy:.1f}%: -0.30 points (tolerance 0.5)"
+    assert lines[0] == (f"ok   {job.name:<28} reference {job.reference_accuracy:.1f}%, measured {job.reference_accuracy - 0.3:.2f}% "
+                        "(mean of 2 seeds), distance -0.30 points (tolerance 0.5)")
     write(tmp_path, job, job.reference_accuracy + 1.0, seed=2)  # the mean moves to +0.13
     assert check(tmp_path, 0.1, [job])[0] is False and "+0.13 points" in check(tmp_path, 0.1, [job])[1][0]
 
@@ -106,14 +110,17 @@ def test_a_failed_seed_fails_the_row(tmp_path, jobs):
     write(tmp_path, job, job.reference_accuracy, seed=0)
     write(tmp_path, job, status="failed", seed=1)
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
-    assert not ok and lines[0] == f"FAIL {job.name:<28} failed (1 of 2 seeds): CUDA out of memory"
+    assert not ok and lines[0] == (f"FAIL {job.name:<28} reference {job.reference_accuracy:.1f}%, measured "
+                                   f"{job.reference_accuracy:.2f}%, distance +0.00 points (tolerance {DEFAULT_TOLERANCE:g}); "
+                                   "incomplete: seed 1 failed: CUDA out of memory")
 
 
 def test_heldout_results_are_not_compared_with_the_faithful_reference(tmp_path, jobs):
     job = jobs[0]
     write(tmp_path, job, job.reference_accuracy, protocol="heldout")
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
-    assert not ok and "only heldout-protocol results" in lines[0]
+    assert not ok and lines[0].endswith("incomplete: only heldout-protocol results; the reference is the faithful protocol's "
+                                        "figure (run without --protocol heldout)")
     write(tmp_path, job, job.reference_accuracy + 0.2)  # with a faithful run beside it, that one is compared
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
     assert ok and "+0.20 points" in lines[0]
@@ -124,10 +131,25 @@ def test_partial_run_does_not_count(tmp_path, jobs):
     write(tmp_path, job, job.reference_accuracy, train_limit=256, epochs=1)
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
     assert not ok
-    assert "not a full-protocol run" in lines[0] and "train_limit=256" in lines[0]
+    assert lines[0].endswith(f"; incomplete: the run: not a full-protocol run (train_limit=256, epochs=1 (job file: {job.settings.epochs}))")
+    assert f"measured {job.reference_accuracy:.2f}%, distance +0.00 points" in lines[0]  # the figure is still shown
     write(tmp_path, job, job.reference_accuracy, epochs=job.settings.epochs - 1)  # fewer epochs alone is a partial run too
     ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
     assert not ok and f"not a full-protocol run (epochs={job.settings.epochs - 1} (job file: {job.settings.epochs}))" in lines[0]
+
+
+def test_every_reason_a_row_is_incomplete_is_named(tmp_path, jobs):
+    job = jobs[0]
+    write(tmp_path, job, job.reference_accuracy + 0.2, seed=0, eval_limit=500)
+    write(tmp_path, job, job.reference_accuracy - 0.2, seed=1, train_limit=1000, epochs=2)
+    write(tmp_path, job, status="failed", seed=2)
+    ok, lines = check(tmp_path, DEFAULT_TOLERANCE, [job])
+    assert not ok
+    assert lines[0] == (f"FAIL {job.name:<28} reference {job.reference_accuracy:.1f}%, measured {job.reference_accuracy:.2f}% "
+                        f"(mean of 2 seeds), distance +0.00 points (tolerance {DEFAULT_TOLERANCE:g}); incomplete: "
+                        "seed 0: not a full-protocol run (eval_limit=500); "
+                        f"seed 1: not a full-protocol run (train_limit=1000, epochs=2 (job file: {job.settings.epochs})); "
+                        "seed 2 failed: CUDA out of memory")
 
 
 def test_empty_results_dir_fails_and_missing_dir_is_an_error(tmp_path, jobs):
@@ -169,3 +191,11 @@ def test_cli_refuses_a_tolerance_that_is_not_a_distance(tmp_path, jobs, toleranc
     assert result.exit_code == 1
     assert result.stderr.strip() == f"ptuning: error: tolerance must be >= 0 points, got {float(tolerance)}"
     assert result.stdout == ""
+
+
+def test_help_says_what_is_compared():
+    result = CliRunner().invoke(main, ["check", "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "the faithful protocol's max test accuracy over epochs, mean over seeds" in text
+    assert "the reference, the measured figure and the distance" in text
