@@ -253,19 +253,53 @@ def report_jobs(jobs, results: dict) -> list:
     return out
 
 
-def _print_tables(jobs, results_dir: Path) -> None:
-    from ptuning.report.plots import plot_paths
-    from ptuning.report.tables import tables
+def _kind(results_dir: Path, quiet: bool = False):
+    """What kind of results the folder holds (a smoke test, a demo; None for real runs), for captions and titles."""
+    from ptuning.report import kind
 
-    results = _load_results(results_dir)
-    click.echo(tables(report_jobs(jobs, results), results, plot_paths(results_dir)))
+    problems: list[str] = []
+    found = kind.read(results_dir, problems)
+    if not quiet:
+        for line in problems:
+            click.echo(f"ptuning: warning: {line}", err=True)
+    return found
+
+
+def terminal_width() -> int:
+    """The terminal's width ($COLUMNS first); 100 when the output is not a terminal."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _print_tables(jobs, results_dir: Path, wide: bool = False) -> None:
+    """Write the full tables to RESULTS/TABLES.md; print the compact table (or, `wide`, the full markdown)."""
+    from ptuning.atomic import atomic_save
+    from ptuning.report import tables
+    from ptuning.report.plots import PLOTS_DIR, plot_paths
+
+    results_dir = Path(results_dir)
+    results, kind = _load_results(results_dir), _kind(results_dir)
+    jobs = report_jobs(jobs, results)
+    document = tables.document(jobs, results, plot_paths(results_dir), base=results_dir, kind=kind)
+    path: Path | None = results_dir / tables.TABLES_FILE
+    try:
+        atomic_save(path, lambda tmp: tmp.write_text(document + "\n", encoding="utf-8"),
+                    writable="make the results folder writable to keep the tables in a file")
+    except PtuningError as exc:  # the tables are still printed
+        click.echo(f"ptuning: warning: {exc}", err=True)
+        path = None
+    if wide:
+        click.echo(document)
+    else:
+        click.echo(tables.compact(jobs, results, terminal_width(), path, results_dir / PLOTS_DIR, kind))
 
 
 def _write_plots(jobs, results_dir: Path, quiet: bool = False) -> list[Path]:
     from ptuning.report.plots import write_plots
 
     results = _load_results(results_dir, quiet)
-    return write_plots(report_jobs(jobs, results), results, results_dir)
+    return write_plots(report_jobs(jobs, results), results, results_dir, _kind(results_dir, quiet))
 
 
 @main.command("list")
@@ -530,13 +564,18 @@ def _require_results(results_dir: str) -> None:
 
 @main.command("tables")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Results directory.")
+@click.option("--wide", is_flag=True, help="Print the full markdown tables (every column, the parameter table) instead of the compact one.")
 @click.pass_context
-def tables_cmd(ctx: click.Context, results_dir: str) -> None:
-    """Print the accuracy and parameter tables (markdown) from a results directory."""
+def tables_cmd(ctx: click.Context, results_dir: str, wide: bool) -> None:
+    """Print the accuracy table, compact to fit the terminal, and write the full tables to RESULTS/TABLES.md.
+
+    The compact table has the row, approach, knob, accuracy (mean ± std over seeds, n), the difference from full
+    fine-tuning with Welch's test, the report's figure and the distance from it, and the trainable parameters.
+    TABLES.md (and --wide) add every other column and the parameter table with its formulas."""
     from ptuning.settings import load_all_jobs
 
     _require_results(results_dir)
-    _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir))
+    _print_tables(load_all_jobs(_jobs_dir(ctx)), Path(results_dir), wide=wide)
 
 
 @main.command("check")

@@ -50,7 +50,7 @@ def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model
     assert data["config"]["epochs"] == 2 and data["config"]["train_limit"] == 16
     assert data["environment"]["packages"]["transformers"] == "4.57.6"
     assert (out / "full_ft" / "seed0" / "model" / "model.safetensors").is_file() and data["artifact"] == "model"
-    tables = invoke("tables", "--results", str(out))
+    tables = invoke("tables", "--wide", "--results", str(out))
     assert tables.exit_code == 0
     row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "90.0" in line)
     assert f"{data['max_accuracy']:.1f}" in row
@@ -67,7 +67,7 @@ def test_run_with_two_seeds_gives_two_results_and_mean_std_in_the_table(tmp_path
     assert [r["config"]["seed"] for r in records] == [0, 1]
     # each run used its own seed (dropout draws, shuffle), not just recorded it
     assert records[0]["epochs"][0]["train_loss"] != records[1]["epochs"][0]["train_loss"]
-    tables = invoke("tables", "--results", str(out))
+    tables = invoke("tables", "--wide", "--results", str(out))
     row = next(line for line in tables.output.splitlines() if "| full_ft " in line and "| faithful " in line)
     expected = summarize([r["reported_accuracy"] for r in records]).text()
     assert f"| {expected} " in row and expected.endswith(" (n=2)") and " ± " in expected

@@ -34,12 +34,20 @@ class Summary:
     mean: float | None
     std: float | None  # sample standard deviation; None when n < 2
 
-    def text(self, digits: int = 1) -> str:
-        """'89.4 ± 0.3 (n=2)', or '89.4 (n=1)' — no ± for a single run."""
+    def text(self, digits: int = 1, compact: bool = False) -> str:
+        """'89.4 ± 0.3 (n=2)', or '89.4 (n=1)' — no ± for a single run; `compact`: '89.4 ± 0.3 (2)'."""
         if not self.n or self.mean is None:
             return "–"
         spread = f" ± {self.std:.{digits}f}" if self.std is not None else ""
-        return f"{self.mean:.{digits}f}{spread} (n={self.n})"
+        return f"{self.mean:.{digits}f}{spread} ({'' if compact else 'n='}{self.n})"
+
+
+def signed(value: float | None, digits: int = 1) -> str:
+    """A difference with its sign: '+0.5', '-2.1'; one that rounds to zero is '0.0', never '-0.0' or '+0.0'."""
+    if value is None:
+        return "–"
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
 
 
 def summarize(values: Iterable[float]) -> Summary:
@@ -118,7 +126,11 @@ class Comparison:
         if self.p_adjusted is not None:
             adjusted = "<0.001" if self.p_adjusted < 0.001 else f"{self.p_adjusted:.3f}"
             p += f" (Holm {adjusted}, {self.test})"
-        return f"{self.difference:+.1f}, {p}: {self.verdict}"
+        return f"{signed(self.difference)}, {p}: {self.verdict}"
+
+    def short_text(self) -> str:
+        """'+0.5 within noise', '-2.1 differs', '-0.3 n too small' (no p-value: the wide table has it)."""
+        return f"{signed(self.difference)} {self.verdict}" if self.difference is not None else self.verdict
 
 
 def welch(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA) -> Comparison:

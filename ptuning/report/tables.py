@@ -1,20 +1,33 @@
-"""Markdown tables (tabulate) of accuracy and parameter counts, from result files and job files.
+"""The tables of accuracy and parameter counts, from result files and job files.
 
-A row without a result shows as "not run", a failed one as "failed" — never as a number. The
-accuracy table has one row per job and protocol: mean ± sample standard deviation over seeds
-(`ptuning.report.stats`), the comparison with full fine-tuning, and the cost columns.
+Two forms of the same figures:
+
+* the full markdown document (`document`): the accuracy table with every column, the parameter table with the
+  formulas, the notes and links to the plots. `ptuning tables` writes it to `<results>/TABLES.md` (what a CI job
+  summary or a paper takes) and `--wide` prints it;
+* the compact table for a terminal (`compact`): the columns a reader needs first (row, approach, knob, accuracy
+  ± std (n), the difference from full fine-tuning with the test's verdict, the report's figure and the distance
+  from it, trainable parameters), no line wider than the terminal: when it does not fit, the last columns are
+  left out, and the output says which.
+
+A row without a result shows as "not run", a failed one as "failed" — never as a number. The accuracy table has
+one row per job and protocol: mean ± sample standard deviation over seeds (`ptuning.report.stats`).
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from ptuning.report import stats
+from ptuning.report.kind import Kind
+from ptuning.report.labels import knob_label
 
 NOT_RUN = "not run"
+TABLES_FILE = "TABLES.md"
 
 
 def _fmt_pct(value: float | None) -> str:
@@ -28,6 +41,8 @@ def _fmt_int(value: int | None) -> str:
 def _fmt_seconds(value: float | None) -> str:
     if value is None:
         return "–"
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
     return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
 
 
@@ -62,26 +77,32 @@ def _epochs(row: stats.Row) -> str:
     return ", ".join("–" if v is None else str(v) for v in values) or "–"
 
 
+def trains(row: stats.Row) -> bool:
+    """Whether the row's runs trained anything (zero-shot's record 0 epochs)."""
+    return any((r.get("config") or {}).get("epochs", 1) != 0 for r in row.completed)
+
+
+def _failure(row: stats.Row, limit: int = 60) -> str:
+    reason = row.failed[0].get("reason", "") if row.failed else ""
+    return f"failed: {reason}"[:limit] if reason else "failed"
+
+
 def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
     table_rows = stats.rows(jobs, results)
     comparisons = stats.compare_with_reference(table_rows)
     out = []
     for row in table_rows:
         job = row.job
-        head = [job.row, job.name, job.title, job.knob_summary, row.protocol or "–"]
+        head = [job.row, job.name, job.title, knob_label(job), row.protocol or "–"]
         ref = _fmt_pct(job.reference_accuracy)
         if not row.completed:
-            if row.failed:
-                reason = row.failed[0].get("reason", "")
-                out.append(head + [f"failed: {reason}"[:60]] + [""] * 3 + [ref] + [""] * 5)
-            else:
-                out.append(head + [NOT_RUN] + [""] * 3 + [ref] + [""] * 5)
+            out.append(head + [_failure(row) if row.failed else NOT_RUN] + [""] * 3 + [ref] + [""] * 5)
             continue
         summary = row.accuracy
         accuracy = summary.text()
         if row.failed:
             accuracy += f"; {len(row.failed)} failed"
-        diff = "–" if summary.mean is None or job.reference_accuracy is None else f"{summary.mean - job.reference_accuracy:+.1f}"
+        diff = "–" if summary.mean is None or job.reference_accuracy is None else stats.signed(summary.mean - job.reference_accuracy)
         comparison = comparisons.get((job.name, row.protocol))
         params = row.params or {}
         out.append(
@@ -95,7 +116,7 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
                 diff,
                 _fmt_count(params.get("trainable")),
                 _fmt_bytes(row.max_of("artifact_bytes")),
-                _fmt_seconds(row.mean_of("train_seconds")),
+                _fmt_seconds(row.mean_of("train_seconds")) if trains(row) else "–",
                 _fmt_bytes(row.max_of("peak_gpu_memory_reserved_bytes") or row.max_of("peak_gpu_memory_bytes")),
             ]
         )
@@ -111,7 +132,7 @@ ACCURACY_NOTES = (
     "optimistic), heldout = test accuracy at the epoch with the best validation accuracy. epoch: the selected "
     "epoch of each seed. final acc.: test accuracy after the last epoch (mean over seeds). vs full FT: difference of means and Welch's t-test against full fine-tuning under the "
     "same protocol, \"differs\" when p < 0.05 (needs n ≥ 2 on both sides). diff: mean minus the report's figure. "
-    "saved: trained state on disk. train time: mean per run."
+    "saved: trained state on disk. train time: mean per run (– where nothing trains)."
 )
 PARAMETER_HEADERS = ["row", "job", "approach", "knob", "total", "trainable", "added", "formula", "= formula"]
 
@@ -120,7 +141,7 @@ def parameter_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[
     rows = []
     for job in jobs:
         result = pick(results.get(job.name))
-        head = [job.row, job.name, job.title, job.knob_summary]
+        head = [job.row, job.name, job.title, knob_label(job)]
         params = (result or {}).get("params")
         if not params:
             rows.append(head + [NOT_RUN, "", "", "", ""])
@@ -142,21 +163,35 @@ def markdown(headers: list[str], rows: list[list[Any]]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def plot_links(plots: list[Path] | None) -> list[str]:
-    """Markdown image links to the plots that exist."""
+def plot_links(plots: list[Path] | None, base: Path | None = None) -> list[str]:
+    """Markdown image links to the plots that exist, relative to `base` (the folder of the tables file)."""
     existing = [Path(p) for p in plots or [] if Path(p).is_file()]
     if not existing:
         return []
-    return ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({p.as_posix()})" for p in existing] + [""]
+
+    def target(p: Path) -> str:
+        if base is not None:
+            try:
+                return p.resolve().relative_to(Path(base).resolve()).as_posix()
+            except ValueError:  # a plot outside the folder: its own path
+                pass
+        return p.as_posix()
+
+    return ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({target(p)})" for p in existing] + [""]
 
 
-def tables(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None, caption: str | None = None) -> str:
-    """Both tables as one markdown document, ending with links to `plots` (the PNGs that exist).
+def caption(kind: Kind | None) -> list[str]:
+    """The line that says what kind of results these are (smoke test, demo); nothing for real runs."""
+    return [] if kind is None else [f"> **{kind.label.upper()}**: {kind.note}" if kind.note else f"> **{kind.label.upper()}**", ""]
 
-    `caption`, when given, is a bold first line (`ptuning demo` marks its synthetic task with it)."""
+
+def document(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None, base: Path | None = None,
+             kind: Kind | None = None) -> str:
+    """Both tables as one markdown document (TABLES.md), ending with links to `plots` (the PNGs that exist),
+    relative to `base`, the folder the document is written to."""
     return "\n".join(
         [
-            *([f"**{caption}**", ""] if caption else []),
+            *caption(kind),
             "## Accuracy (test split)",
             "",
             markdown(ACCURACY_HEADERS, accuracy_rows(jobs, results)),
@@ -167,6 +202,147 @@ def tables(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | N
             "",
             markdown(PARAMETER_HEADERS, parameter_rows(jobs, results)),
             "",
-            *plot_links(plots),
+            *plot_links(plots, base),
         ]
     )
+
+
+def tables(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None) -> str:
+    """The markdown document with links as given (kept for callers that print it)."""
+    return document(jobs, results, plots)
+
+
+# -- the compact table ----------------------------------------------------------------------------------------
+
+#: (key, header (two lines at most), right-aligned); in the order shown, the first five always kept
+COMPACT_COLUMNS = [
+    ("row", "row", True),
+    ("approach", "approach", False),
+    ("knob", "knob", False),
+    ("protocol", "protocol", False),
+    ("accuracy", "accuracy (%)\n± std (n)", True),
+    ("vs_full", "vs full FT\n(Welch's t)", False),
+    ("reference", "ref.\n(%)", True),
+    ("diff", "diff", True),
+    ("trainable", "trainable\nparams", True),
+]
+#: the columns left out when the table is wider than the terminal, the first one first (the reverse of what a
+#: reader needs first, the row's name and its accuracy staying to the end)
+DROP_ORDER = ["trainable", "diff", "reference", "knob", "vs_full"]
+GAP = "  "
+
+
+def compact_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, str]], list[str]]:
+    """The compact table's rows (column key → text) and the failures to list under it ('lora_8 seed 1: reason')."""
+    table_rows = stats.rows(jobs, results)
+    comparisons = stats.compare_with_reference(table_rows)
+    out, failures = [], []
+    for row in table_rows:
+        job = row.job
+        cells = {"row": str(job.row), "approach": job.title, "knob": knob_label(job), "protocol": row.protocol or "–",
+                 "reference": _fmt_pct(job.reference_accuracy), "accuracy": "", "vs_full": "", "diff": "", "trainable": ""}
+        for failed in row.failed:
+            failures.append(f"{job.name} seed {stats.seed_of(failed)}"
+                            + (f" ({row.protocol})" if row.protocol != "faithful" else "") + f": {failed.get('reason') or 'no reason recorded'}")
+        if not row.completed:
+            cells["accuracy"] = "failed" if row.failed else NOT_RUN
+            out.append(cells)
+            continue
+        summary = row.accuracy
+        cells["accuracy"] = summary.text(compact=True) + (f", {len(row.failed)} failed" if row.failed else "")
+        comparison = comparisons.get((job.name, row.protocol))
+        if comparison is not None:
+            cells["vs_full"] = comparison.short_text()
+        else:
+            cells["vs_full"] = "–"
+        if summary.mean is not None and job.reference_accuracy is not None:
+            cells["diff"] = stats.signed(summary.mean - job.reference_accuracy)
+        else:
+            cells["diff"] = "–"
+        cells["trainable"] = _fmt_count((row.params or {}).get("trainable"))
+        out.append(cells)
+    return out, failures
+
+
+def plain_table(columns: list[tuple[str, str, bool]], rows: list[dict[str, str]]) -> list[str]:
+    """A table of plain text: headers of one or two lines, a rule of dashes, columns two spaces apart."""
+    headers = [header.split("\n") for _, header, _ in columns]
+    height = max(len(h) for h in headers)
+    headers = [[""] * (height - len(h)) + h for h in headers]  # bottom-aligned
+    widths = [max([len(line) for line in h] + [len(r[key]) for r in rows]) for (key, _, _), h in zip(columns, headers)]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.rjust(w) if right else c.ljust(w) for c, w, (_, _, right) in zip(cells, widths, columns)]
+        return GAP.join(parts).rstrip()
+
+    lines = [line([h[i] for h in headers]) for i in range(height)]
+    lines.append(GAP.join("-" * w for w in widths))
+    lines += [line([r[key] for key, _, _ in columns]) for r in rows]
+    return lines
+
+
+def fit(rows: list[dict[str, str]], width: int, protocols: bool) -> tuple[list[str], list[str]]:
+    """The compact table's lines at most `width` wide if possible (leaving out columns in DROP_ORDER), and the
+    headers of the columns left out."""
+    columns = [c for c in COMPACT_COLUMNS if protocols or c[0] != "protocol"]
+    dropped: list[str] = []
+    lines = plain_table(columns, rows)
+    for key in DROP_ORDER:
+        if max(len(line) for line in lines) <= width:
+            break
+        header = next(h for k, h, _ in columns if k == key)
+        columns = [c for c in columns if c[0] != key]
+        dropped.append(header.replace("\n", " "))
+        lines = plain_table(columns, rows)
+    return lines, dropped
+
+
+COMPACT_NOTES = (
+    "accuracy: test accuracy, mean ± sample std over seeds (n runs); faithful protocol: the max over epochs. "
+    "vs full FT: difference of means; Welch's t-test says \"differs\" (p < 0.05), \"within noise\" or \"n too small\" "
+    "(fewer than 2 seeds). ref.: the report's figure; diff: mean minus ref."
+)
+
+
+def compact(jobs, results: dict[str, list[dict[str, Any]]], width: int, tables_file: Path | None = None,
+            plots_dir: Path | None = None, kind: Kind | None = None) -> str:
+    """The terminal's view: the compact accuracy table, what it leaves out, the parameter check in one line, and
+    where the full tables and the plots are. No line is wider than `width` (unless even the smallest table is)."""
+    rows, failures = compact_rows(jobs, results)
+    protocols = any(r["protocol"] not in ("faithful", "–") for r in rows)
+    lines, dropped = fit(rows, width, protocols)
+    wrap = textwrap.TextWrapper(width=max(width, 40), break_on_hyphens=False, break_long_words=False)  # paths stay whole
+    out: list[str] = []
+    if kind is not None:
+        out += wrap.wrap(f"{kind.label.upper()}: {kind.note}" if kind.note else kind.label.upper()) + [""]
+    out += ["Accuracy (test split)", "", *lines, ""]
+    out += wrap.wrap(COMPACT_NOTES)
+    if dropped:
+        out += wrap.wrap(f"Left out to fit {width} columns: {', '.join(dropped)} (ptuning tables --wide shows every column).")
+    for failure in failures:
+        out += wrap.wrap(f"failed: {failure}")
+    out += [""] + wrap.wrap(parameter_summary(jobs, results))
+    where = []
+    if tables_file is not None:
+        where.append(f"Every column, and the parameter table with its formulas: {tables_file}")
+    if plots_dir is not None and any(Path(plots_dir).glob("*.png")):
+        where.append(f"Plots: {plots_dir}")
+    for text in where:
+        out += wrap.wrap(text)
+    return "\n".join(out)
+
+
+def parameter_summary(jobs, results: dict[str, list[dict[str, Any]]]) -> str:
+    """One line on the parameter table: how many counted rows equal their formula, and which do not."""
+    counted, wrong = 0, []
+    for job in jobs:
+        params = (pick(results.get(job.name)) or {}).get("params")
+        if not params:
+            continue
+        counted += 1
+        if not params.get("match"):
+            wrong.append(f"{job.name} (added {_fmt_int(params.get('added'))}, formula {_fmt_int(params.get('formula_value'))})")
+    if not counted:
+        return "Parameters: no run has counted them yet."
+    text = f"Parameters: {counted - len(wrong)} of {counted} rows add exactly what their formula says"
+    return text + (f"; NOT: {', '.join(wrong)}." if wrong else ".")

@@ -28,8 +28,6 @@ BANNER = (
     "The numbers show that every method learns; they say nothing about IMDb or t5-small.\n"
     + "=" * 78
 )
-#: the plots' title line
-PLOT_NOTE = f"{CAPTION} (ptuning demo)"
 
 
 @dataclass(frozen=True)
@@ -171,9 +169,10 @@ def run(jobs, profile: Profile, output_dir: Path, workdir: Path | None = None, s
         echo: Callable[[str], None] = print, error: Callable[[str], None] = print) -> Outcome:
     """Build (or reuse) the backbone, run `jobs` on it, write the plots, print the tables and the learning check."""
     from ptuning.errors import PtuningError
+    from ptuning.report import kind
     from ptuning.report.plots import plot_paths, write_plots
     from ptuning.report.results import load_results
-    from ptuning.report.tables import tables
+    from ptuning.report.tables import document
     from ptuning.run.runner import run_job
 
     started = time.perf_counter()
@@ -192,9 +191,10 @@ def run(jobs, profile: Profile, output_dir: Path, workdir: Path | None = None, s
                 error(f"ptuning: error: [{job.name}] {exc}")
                 failures.append(job.name)
         results = load_results(output_dir, [])
-        write_plots(runs, results, output_dir, note=PLOT_NOTE)
+        kind.mark(output_dir, kind.DEMO)  # `ptuning tables` and `ptuning plots` of this folder say so too
+        write_plots(runs, results, output_dir, kind.DEMO)
         echo(BANNER)
-        echo(tables(runs, results, plot_paths(output_dir), caption=CAPTION))
+        echo(document(runs, results, plot_paths(output_dir), base=output_dir, kind=kind.DEMO))
         echo(BANNER)
         passed, lines = check_learning(runs, results, profile, seed)
     for line in lines:

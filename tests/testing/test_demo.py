@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptuning.cli import main
+from ptuning.report import kind
 from ptuning.testing import demo as demo_mod
 from tests.conftest import JOBS
 
@@ -57,7 +58,9 @@ def test_every_row_learns_far_above_zero_shot(quick_demo, demo_workdir):
     assert [c.split(":")[1].strip() for c in checks[1:]] == TRAINED
     assert all(c.endswith("(needs at least 85%): learned") for c in checks[1:])
     assert "  override lora_8: lr 0.001 (job file: 0.0001)" in lines
-    assert f"**{demo_mod.CAPTION}**" in lines and run.output.count(demo_mod.CAPTION) == 4  # three banners and the table
+    assert run.output.count(demo_mod.CAPTION) == 3  # three banners
+    assert f"> **SYNTHETIC DEMO TASK**: {kind.DEMO.note}" in lines  # the tables' caption, as `ptuning tables` writes it
+    assert kind.read(out) == kind.DEMO
     assert lines[-1].startswith("demo: 11 of 11 jobs ran in ") and lines[-1].endswith(f" s; results and plots in {out}")
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["accuracy_per_epoch.png", "pareto.png", "train_time.png"]
     assert not list(out.rglob(".ptuning*lock"))
