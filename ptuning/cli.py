@@ -163,9 +163,10 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
 
     Each run locks its own run directory; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
     """
+    from ptuning.run.cpu import refuse_slow_cpu_run
     from ptuning.run.interrupt import StopRequest
     from ptuning.run.metrics import check_trackers
-    from ptuning.run.runner import resolve_device, run_job
+    from ptuning.run.runner import resolve_device, run_job, splits_for
     from ptuning.settings import confirm_runs, expand
 
     resolve_device(kwargs["device"])  # a bad --device fails before anything runs
@@ -174,6 +175,7 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     jobs = [job.override(values) for job in jobs]  # validate every override first
     confirm_runs(jobs, kwargs.get("yes", False))
     jobs = expand(jobs)  # a job with a grid runs its points
+    refuse_slow_cpu_run(jobs, kwargs["device"], splits_for)  # --device auto without a GPU: no run of many hours
     failures = []
     with StopRequest() as stop:
         for job in jobs:
@@ -204,15 +206,17 @@ def child_options(kwargs: dict) -> list[str]:
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
     import signal
 
+    from ptuning.run.cpu import refuse_slow_cpu_run
     from ptuning.run.metrics import check_trackers
     from ptuning.run.parallel import run_concurrently
-    from ptuning.run.runner import check_writable, resolve_device
+    from ptuning.run.runner import check_writable, resolve_device, splits_for
     from ptuning.settings import confirm_runs, expand
 
     resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     confirm_runs([job.override(values) for job in jobs], kwargs.get("yes", False))
+    refuse_slow_cpu_run(expand([job.override(values) for job in jobs]), kwargs["device"], splits_for)
     names = [job.name for job in expand(jobs)]  # each point of a grid in a process of its own
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
@@ -353,9 +357,12 @@ def run(ctx: click.Context, job_refs: tuple[str, ...], **kwargs) -> None:
               help="Run K jobs at once, each in its own process (logs in OUTPUT_DIR/logs/).")
 @click.pass_context
 def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
-    """Run every job in jobs/, in table order, then print the tables."""
+    """Run every job in jobs/, in table order, then write the plots and the tables and say how it went."""
+    import time
+
     from ptuning.settings import load_all_jobs
 
+    started = time.time()
     jobs = load_all_jobs(_jobs_dir(ctx))
     if not jobs:  # exiting 0 having run nothing would read as success
         from ptuning.settings import jobs_dir
@@ -365,11 +372,28 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
         failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
     else:
         failures = _run_jobs(jobs, kwargs)
-    _write_plots(jobs, Path(kwargs["output_dir"]), quiet=True)  # the tables' warnings say it once
-    _print_tables(jobs, Path(kwargs["output_dir"]))
+    output_dir = Path(kwargs["output_dir"])
+    _write_plots(jobs, output_dir, quiet=True)  # the tables' warnings say it once
+    _print_tables(jobs, output_dir)
+    click.echo("")
+    from ptuning.settings import expand
+
+    ran = expand([job.override(overrides(kwargs)) for job in jobs])  # what ran: each job, each point of a grid
+    for line in run_summary(ran, output_dir, started, [name for name, _ in failures],
+                            [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
+        click.echo(line)
     if failures:
         click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
         sys.exit(1)
+
+
+def run_summary(jobs, output_dir: Path, started: float, failed: list[str], next_steps: list[str]) -> list[str]:
+    """The closing lines of a command that ran `jobs` since `started` (ptuning/run/summary.py)."""
+    import time
+
+    from ptuning.run import summary
+
+    return summary.summary_lines(summary.tally(jobs, output_dir, started, failed), time.time() - started, output_dir, next_steps)
 
 
 @main.command()
@@ -661,14 +685,20 @@ def _progress_line():
 @click.pass_context
 def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tuple[str, ...]) -> None:
     """Run every job (or the named ones) for one short epoch on a tiny offline T5, on CPU."""
-    from ptuning.run.runner import run_job
+    import time
+
+    from ptuning.report import kind
+    from ptuning.run.runner import check_writable, run_job
     from ptuning.settings import job_names, load_job
     from ptuning.testing import smoke as smoke_mod
 
+    started = time.time()
     directory = _jobs_dir(ctx)
     names = list(job_refs) or job_names(directory)
     click.echo(smoke_mod.BANNER)
     model_dir, data_dir = smoke_mod.prepare(Path(workdir) if workdir else None)
+    check_writable(Path(output_dir))
+    kind.mark(Path(output_dir), kind.SMOKE)  # the tables and plots of these results say "smoke test"
     jobs, failures = [], []
     for name in names:  # a job whose method is not available fails alone, with one line
         try:
@@ -689,6 +719,8 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
     click.echo(smoke_mod.BANNER)
     passed = len(names) - len(failures)
     click.echo(f"smoke: {passed} of {len(names)} jobs passed" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    for line in run_summary(jobs, Path(output_dir), started, failures, smoke_mod.next_steps(Path(output_dir))):
+        click.echo(line)
     if failures:
         sys.exit(1)
 

@@ -19,6 +19,12 @@ BANNER = (
 SMOKE_SETTINGS = {"epochs": 1, "max_length": 64, "batch_size": 16, "eval_batch_size": 32, "train_limit": None, "eval_limit": None}
 
 
+def next_steps(output_dir: Path) -> list[str]:
+    """What to run after a smoke test: its plots, then a real run."""
+    return [f"ptuning plots --results {output_dir}   (the three plots of these runs)",
+            "make run   (on a GPU with the Hugging Face hub: every row for real, 10 epochs; docs/speed.md)"]
+
+
 def assets_dir() -> Path:
     from ptuning.data import cache_root
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -33,7 +34,17 @@ def test_smoke_runs_the_ten_rows_and_zero_shot(tmp_path, tiny_assets):
         assert (sidecar["base_model"], sidecar["weights"]) == (str(model_dir), file.split("/")[1]), job
     # every trained artifact is safetensors: no pickle anywhere in the results (checkpoints are removed at the end)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.suffix in (".pt", ".bin", ".pkl", ".pth")) == []
-    assert result.output.count("| yes") == 11  # every parameter count equals its formula
+    assert "Parameters: 11 of 11 rows add exactly what their formula says." in result.output
+    tables = (out / "TABLES.md").read_text()
+    assert tables.count("| yes") == 11  # every parameter count equals its formula, in the full tables
+    assert tables.startswith("> **SMOKE TEST**: a tiny random T5") and json.loads((out / "results-kind.json").read_text())["kind"] == "smoke"
+    assert result.output.count("SMOKE TEST: a tiny random T5 trained for one short epoch") == 1  # the compact table's caption
+    tail = result.output.rstrip().splitlines()[-4:]
+    assert re.fullmatch(r"ptuning: 11 runs completed, 0 skipped \(already completed\), 0 failed; (\d+ min )?\d+ s in all", tail[0]), tail
+    assert tail[1:] == [f"results: {out}", f"next: ptuning plots --results {out}   (the three plots of these runs)",
+                        "next: make run   (on a GPU with the Hugging Face hub: every row for real, 10 epochs; docs/speed.md)"]
+    plots = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "plots", "--results", str(out)], catch_exceptions=False)
+    assert plots.exit_code == 0 and len(plots.output.splitlines()) == 3
 
 
 def test_smoke_workdir_that_cannot_be_written_is_one_line(tmp_path):
