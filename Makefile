@@ -10,14 +10,23 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slurm smoke demo run tables params bench gpu-check clean
+.PHONY: help install test test-slurm smoke demo run tables plots check list params bench gpu-check clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/ptuning: pyproject.toml $(CONSTRAINTS) $(TORCH_REQ) requirements/opendelta.txt
-	$(PYTHON) -m venv $(VENV)
-	@# torch: the version $(TORCH_REQ) pins; a build of it already in .venv (CPU or CUDA) is kept, anything else replaced
+# The CUDA build of the pinned torch in $(PYTHON) (a GPU machine, a PyTorch image) is kept: the venv then sees
+# $(PYTHON)'s packages (--system-site-packages) and pip leaves that torch alone. Otherwise the venv is isolated.
+$(BIN)/python:
+	@if $(PYTHON) tools/check-torch.py $(TORCH_REQ) --require-cuda >/dev/null 2>&1; then \
+		echo "make install: keeping the CUDA build of torch in $(PYTHON) (the venv sees its packages)"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+
+$(BIN)/ptuning: $(BIN)/python pyproject.toml $(CONSTRAINTS) $(TORCH_REQ) requirements/opendelta.txt
+	@# torch: the version $(TORCH_REQ) pins; a build of it already visible to .venv (CPU or CUDA) is kept, anything else replaced
 	$(BIN)/python tools/check-torch.py $(TORCH_REQ) || $(BIN)/pip install -r $(TORCH_REQ)
 	$(BIN)/python tools/check-torch.py $(TORCH_REQ)
 	$(BIN)/pip install -c $(CONSTRAINTS) -c $(TORCH_REQ) -e ".[libs,slurm,test,tensorboard]"
@@ -51,8 +60,17 @@ else
 	$(BIN)/ptuning run $(JOB) --output-dir $(RESULTS) $(ARGS)
 endif
 
-tables: install  ## print the accuracy and parameter tables from results/
-	$(BIN)/ptuning tables --results $(RESULTS)
+tables: install  ## print the accuracy table from results/ (the full tables go to results/TABLES.md)
+	$(BIN)/ptuning tables --results $(RESULTS) $(ARGS)
+
+plots: install  ## write the three plots of results/ into results/plots/
+	$(BIN)/ptuning plots --results $(RESULTS)
+
+check: install  ## compare results/ with the report's accuracies (exit 1 if a row is off or incomplete)
+	$(BIN)/ptuning check --results $(RESULTS) $(ARGS)
+
+list: install  ## list the jobs: row, name, method, knob, learning rate
+	$(BIN)/ptuning list
 
 params: install  ## parameter counts of every job vs the analytic formulas (no download)
 	$(BIN)/ptuning params $(ARGS)

@@ -48,7 +48,7 @@ DOCKER_RUN = docker run --rm --init $(DOCKER_TTY) $(if $(strip $(GPUS)),--gpus $
 
 .PHONY: docker-build docker-run docker-ptuning docker-shell docker-test docker-dirs
 
-docker-build:  ## build the CUDA image $(IMAGE) from docker/Dockerfile
+docker-build:  ## build the CUDA image (make variable IMAGE, default ptuning:latest) from docker/Dockerfile
 	docker build -f $(DOCKERFILE) -t $(IMAGE) $(if $(strip $(BASE_IMAGE)),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 		$(if $(strip $(TORCH_PIP_ARGS)),--build-arg "TORCH_PIP_ARGS=$(TORCH_PIP_ARGS)") \
 		$(if $(strip $(TORCH_REQUIRE_CUDA)),--build-arg TORCH_REQUIRE_CUDA=$(TORCH_REQUIRE_CUDA)) \

@@ -319,8 +319,16 @@ def list_jobs(ctx: click.Context, with_points: bool, job_refs: tuple[str, ...]) 
     jobs = [load_job(ref, _jobs_dir(ctx)) for ref in job_refs] if job_refs else load_all_jobs(_jobs_dir(ctx))
     if with_points:
         jobs = [j for job in jobs for j in (job, *job.points())]
-    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, "–" if j.settings.lr is None else j.settings.lr] for j in jobs]
+    rows = [[j.row, j.name, j.title, j.method, j.implementation, j.knob_summary, format_lr(j.settings.lr)] for j in jobs]
     click.echo(tabulate(rows, headers=["row", "job", "title", "method", "implementation", "knob", "lr"], tablefmt="github", disable_numparse=True))
+
+
+def format_lr(lr: float | None) -> str:
+    """A learning rate in one format for every job: '1e-4', '3e-4', '2.5e-5', '1e-1' ('–' for none)."""
+    if lr is None:
+        return "–"
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 @main.command("settings")

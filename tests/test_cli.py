@@ -34,6 +34,13 @@ def test_list_shows_the_ten_rows():
     zero = next(line for line in result.output.splitlines() if "| zero_shot " in line)
     assert zero.startswith("| 0 ") and "Zero-shot (no training)" in zero and zero.rstrip("| ").endswith("–")
     assert result.output.splitlines()[2].startswith("| 0 ")  # first in table order
+    rates = {line.split("|")[2].strip(): line.rstrip(" |").rsplit("|", 1)[1].strip() for line in result.output.splitlines()[2:]}
+    assert rates == {"zero_shot": "–", "full_ft": "1e-5", "soft_prompt_10": "1e-1", "soft_prompt_10_opendelta": "1e-1",
+                     "soft_prompt_1_opendelta": "1e-1", "adapter_8": "1e-3", "adapter_8_adapterhub": "1e-4",
+                     "adapter_1_adapterhub": "1e-4", "lora_8": "1e-4", "lora_8_peft": "1e-4", "lora_1_peft": "1e-4"}
+    from ptuning.cli import format_lr
+
+    assert [format_lr(x) for x in (3e-4, 2.5e-5, 0.1, 1.0, 1e-5)] == ["3e-4", "2.5e-5", "1e-1", "1e0", "1e-5"]
 
 
 def test_run_full_ft_on_tiny_model_writes_result_and_tables(tmp_path, tiny_model_dir, tiny_data_dir):

@@ -134,3 +134,32 @@ def test_check_torch_without_torch_or_with_a_bad_pin_file(tmp_path):
 def test_demo_target_runs_the_demo():
     assert ".venv/bin/ptuning demo" in dry_run("demo", "-W", ".venv/bin/ptuning")
     assert ".venv/bin/ptuning demo --quick" in dry_run("demo", "ARGS=--quick", "-W", ".venv/bin/ptuning")
+
+
+def test_results_targets_and_list():
+    assert ".venv/bin/ptuning plots --results results" in dry_run("plots", "-W", ".venv/bin/ptuning")
+    assert ".venv/bin/ptuning check --results /r --tolerance 0.5" in dry_run("check", "RESULTS=/r", "ARGS=--tolerance 0.5", "-W", ".venv/bin/ptuning")
+    assert ".venv/bin/ptuning tables --results results --wide" in dry_run("tables", "ARGS=--wide", "-W", ".venv/bin/ptuning")
+    assert ".venv/bin/ptuning list" in dry_run("list", "-W", ".venv/bin/ptuning")
+
+
+def test_help_lists_every_target_in_plain_words():
+    out = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "$(" not in out  # no unexpanded make variable
+    targets = [line.split()[0] for line in out.splitlines()]
+    for target in ("install", "smoke", "demo", "run", "tables", "plots", "check", "list", "params", "bench", "docker-build"):
+        assert target in targets
+
+
+@pytest.mark.parametrize("cuda, expected", [(True, "-m venv --system-site-packages"), (False, "-m venv")])
+def test_install_keeps_a_cuda_torch_by_letting_the_venv_see_it(tmp_path, cuda, expected):
+    """The venv is made by $(PYTHON): with the CUDA build of the pinned torch there, the venv sees its packages; else it is
+    isolated."""
+    log = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"check-torch.py requirements/torch.txt --require-cuda"*) exit {0 if cuda else 1};; esac\nexit 0\n')
+    stub.chmod(0o755)
+    venv = tmp_path / "v"
+    subprocess.run(["make", f"PYTHON={stub}", f"VENV={venv}", f"{venv}/bin/python"], cwd=REPO, capture_output=True, text=True, check=True)
+    calls = log.read_text().splitlines()
+    assert calls[-1] == f"{expected} {venv}"
