@@ -311,9 +311,15 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
              steps: int, batch_size: int, eval_reviews: int, max_length: int = 256) -> str:
     import transformers
 
+    cpu = device.type == "cpu"
     lines = [
         f"# ptuning bench on {device_name(device)}",
         "",
+        *([f"> **A CPU measurement of the `{size}` model ({params:,} parameters).** Every figure below is about this CPU "
+           "and this model, not a GPU and not a real run: the fast path's ratio to the faithful one, and the projected "
+           "epoch and table times, do not carry over to a GPU (where the fast path adds bf16 and CUDA graphs) or to "
+           "t5-small on this CPU (`ptuning run` without a GPU prints a measured estimate of one epoch). For GPU "
+           "figures, run `make bench` on the GPU machine.", ""] if cpu else []),
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- device: {device} — {device_name(device)}" + (" (**CPU measurement**: says nothing about a GPU)" if device.type == "cpu" else ""),
@@ -330,6 +336,7 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
         f"{_fmt_seconds(next(iter(results.values()))[0].startup_seconds) if results else '–'}",
         "",
     ]
+    where = f" for this CPU and the {size} model" if cpu else ""
     for row, (a, b) in results.items():
         same = a.predictions == b.predictions
 
@@ -351,11 +358,11 @@ def markdown(results: dict[str, tuple[PathResult, PathResult]], device: torch.de
              _fmt_seconds(b.load_seconds), None),
             ("checkpoint written (once per epoch)", _fmt_seconds(a.checkpoint_seconds), _fmt_seconds(b.checkpoint_seconds), None),
             ("trained parameters written (once per job)", _fmt_seconds(a.artifact_seconds), _fmt_seconds(b.artifact_seconds), None),
-            ("train epoch (782 steps, projected)", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
+            (f"train epoch (782 steps, projected{where})", _fmt_seconds(a.epoch_train_seconds), _fmt_seconds(b.epoch_train_seconds),
              a.epoch_train_seconds / b.epoch_train_seconds),
-            ("eval epoch (25k reviews, projected)", _fmt_seconds(a.eval_epoch_seconds), _fmt_seconds(b.eval_epoch_seconds),
+            (f"eval epoch (25k reviews, projected{where})", _fmt_seconds(a.eval_epoch_seconds), _fmt_seconds(b.eval_epoch_seconds),
              a.eval_epoch_seconds / b.eval_epoch_seconds),
-            ("whole table (10 rows × 10 epochs, projected)", _fmt_seconds(a.table_seconds), _fmt_seconds(b.table_seconds),
+            (f"whole table (10 rows × 10 epochs, projected{where})", _fmt_seconds(a.table_seconds), _fmt_seconds(b.table_seconds),
              a.table_seconds / b.table_seconds),
         ]
         lines += [

@@ -305,8 +305,12 @@ def test_bench_prints_both_paths(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     text = result.stdout
     for needle in ("| metric | faithful | fast |", "train step", "tokens/s", "TFLOP/s", "6 × parameters", "peak memory",
-                   "eval epoch (25k reviews, projected)", "whole table", "CPU measurement", "torch ", "transformers "):
+                   "eval epoch (25k reviews, projected for this CPU and the small model)", "whole table", "CPU measurement",
+                   "torch ", "transformers "):
         assert needle in text, needle
+    # on a CPU, said first and plainly: these figures are about this CPU and a small model, not a GPU
+    assert text.splitlines()[2].startswith("> **A CPU measurement of the `small` model (")
+    assert "do not carry over to a GPU" in text and "whole table (10 rows × 10 epochs, projected for this CPU and the small model)" in text
     assert "identical predictions: yes" in text
     assert out.read_text().strip() == text.strip()
     measured = json.loads(data.read_text())
