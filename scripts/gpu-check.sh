@@ -189,7 +189,7 @@ EOF
   RUNALL_STATUS=$STATUS
   WALL=""
   [ "$rc" = 99 ] || WALL=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-  [ -d "$WORK/runall" ] && timeout 45 "$PY" -m ptuning.cli tables --results "$WORK/runall" > "$WORK/tables.md"
+  [ -d "$WORK/runall" ] && timeout 45 "$PY" -m ptuning.cli tables --wide --results "$WORK/runall" > "$WORK/tables.md"
   # what the projection needs besides the bench, timed apart with the run-all's functions: each job's data, tables, plots
   if [ -n "$WALL" ]; then
     step overheads 90 20 - "$PY" -m ptuning.speed.gpucheck overheads --model "$model" --dataset "$data" --train-limit "$TRAIN_LIMIT" \

@@ -224,7 +224,7 @@ COMPACT_COLUMNS = [
     ("vs_full", "vs full FT\n(Welch's t)", False),
     ("reference", "ref.\n(%)", True),
     ("diff", "diff", True),
-    ("trainable", "trainable\nparams", True),
+    ("trainable", "trained\nparams", True),
 ]
 #: the columns left out when the table is wider than the terminal, the first one first (the reverse of what a
 #: reader needs first, the row's name and its accuracy staying to the end)
