@@ -95,7 +95,7 @@ def test_running_a_job_with_a_grid_runs_each_point_once(grid_jobs, tmp_path):
     assert not (out / "lora" / "seed0").exists()  # the job itself does not run: its points do
     again = invoke(grid_jobs, "run", "lora", "--device", "cpu", "--output-dir", str(out), "--epochs", "1")
     assert again.exit_code == 0 and again.output.count("already completed with this configuration") == 4
-    tables = invoke(grid_jobs, "tables", "--results", str(out))
+    tables = invoke(grid_jobs, "tables", "--wide", "--results", str(out))
     for point in points:
         assert f"| lora/{point} " in tables.output
     one = invoke(grid_jobs, "run", "lora/lr=1e-3,rank=2", "--device", "cpu", "--output-dir", str(out), "--epochs", "1")

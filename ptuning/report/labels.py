@@ -14,7 +14,11 @@ def _knob_label(method: str, implementation: str, knobs: tuple) -> str:
 
 def knob_label(job) -> str:
     """The row's knob as the report writes it: 'rank 8', 'bottleneck 8', '10 tokens'; '–' without one. A knob at a
-    value other than its default is added ('rank 1, alpha 8'), so that rows that differ never read the same."""
+    value other than its default is added ('rank 1, alpha 8'), so that rows that differ never read the same; a point
+    of a grid (`sweep:`) is named by its values instead ('lr=3e-4, rank=8'), the learning rate included."""
+    variant = getattr(job, "variant", None)
+    if variant:
+        return variant.replace(",", ", ")
     return _knob_label(job.method, job.implementation, tuple(sorted(job.knobs.items())))
 
 

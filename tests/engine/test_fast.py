@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
 
@@ -291,7 +292,9 @@ def test_run_all_with_concurrency_two(tmp_path, tiny_model_dir, tiny_data_dir):
         assert json.loads((out / name / "seed0" / "result.json").read_text())["status"] == "completed"
         assert "reported test accuracy" in (out / "logs" / f"{name}.log").read_text()
         assert f"[{name}] reported test accuracy" in result.output
-    assert "| full_ft" in result.output  # the tables follow
+    assert re.search(r"^ +1  Full fine-tuning ", result.output, re.M)  # the table follows
+    assert "| full_ft" in (out / "TABLES.md").read_text()  # and the full tables beside the results
+    assert "ptuning: 2 runs completed, 0 skipped (already completed), 0 failed;" in result.output  # then the summary
 
 
 def test_bench_prints_both_paths(tmp_path, monkeypatch):

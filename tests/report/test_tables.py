@@ -119,3 +119,15 @@ def test_a_failed_seed_is_named_under_the_compact_table(eleven_rows):
     write_runs(folder, {"lora_8": [failed]})
     out = tables(folder).stdout
     assert "87.9 ± 0.4 (3), 1 failed" in out and "failed: lora_8 seed 3: loss is nan at step 3" in out
+
+
+def test_points_of_a_grid_are_named_by_their_values(tmp_path):
+    from ptuning.report.labels import knob_label, row_label
+    from ptuning.settings import load_job_file
+
+    (tmp_path / "_defaults.yaml").write_text((JOBS / "_defaults.yaml").read_text())
+    (tmp_path / "lora.yaml").write_text("title: L\nrow: 3\nmethod: {name: lora, implementation: hand, rank: 8}\nlr: 1.0e-3\n"
+                                        "sweep: {lr: [1.0e-3, 3.0e-2]}\n")
+    points = load_job_file(tmp_path / "lora.yaml").points()
+    assert [knob_label(p) for p in points] == ["lr=1e-3", "lr=0.03"]  # the learning rate is no knob, and still shows
+    assert [row_label(p) for p in points] == ["3. L (lr=1e-3)", "3. L (lr=0.03)"]

@@ -187,7 +187,11 @@ def test_nan_loss_marks_the_job_failed_and_run_all_goes_on(tmp_path, tiny_model_
     assert failed["status"] == "failed" and "loss is nan at step" in failed["reason"]
     assert schema_problem(failed) is None
     assert len(metrics(out, "after")) == 2  # the next job ran
-    row = next(line for line in result.output.splitlines() if "| exploding " in line)
+    row = next(line for line in result.output.splitlines() if line.startswith("  1  Exploding "))
+    assert row.split() == ["1", "Exploding", "–", "failed", "–"]  # the compact table: no number, and the reason under it
+    assert "failed: exploding seed 0: loss is nan at step" in result.output
+    assert "1 failed (exploding)" in result.output  # the summary names it
+    row = next(line for line in (out / "TABLES.md").read_text().splitlines() if "| exploding " in line)
     assert "failed: loss is nan" in row
 
 
