@@ -6,10 +6,10 @@ a job would train on more than `FULL_SIZE` reviews, the command stops before any
 says how long one epoch would take on this CPU and how to go on: a GPU, `--device cpu` (the run is wanted here
 after all), or `--train-limit N` for a short try. Smaller runs (the smoke test, `--train-limit 2000`) go ahead.
 
-The estimate is measured, not guessed: the job's own model and method, a short warm-up step and one timed training
-step on PROBE_REVIEWS inputs of `max_length` tokens, scaled to the epoch's reviews. It is an order of magnitude, not
-a promise: reviews shorter than `max_length` train faster, and a full batch uses the CPU better than two reviews
-(on a busy 2-core machine the estimate came out about twice the time a batch of 4 took per review).
+The estimate is measured, not guessed: the job's own model and method, a short warm-up pass and one timed forward and
+backward pass on PROBE_REVIEWS inputs of `max_length` tokens, scaled to the epoch's reviews. It is an order of
+magnitude, not a promise: reviews shorter than `max_length` train faster, a full batch uses the CPU better than two
+reviews, and on a machine whose cores are busy with other work one measurement can differ from the next severalfold.
 """
 
 from __future__ import annotations
