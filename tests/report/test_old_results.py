@@ -24,7 +24,7 @@ def test_tables_check_plots_read_an_older_versions_results_and_a_rerun_replaces_
     run = ["run", "full_ft", "lora_8", "--model", str(tiny_model_dir), "--dataset", str(tiny_data_dir), "--epochs", "2",
            "--train-limit", "16", "--eval-limit", "8", "--device", "cpu", "--output-dir", str(out)]
     assert invoke(*run).exit_code == 0
-    new_tables, new_check = invoke("tables", "--results", str(out)), invoke("check", "--results", str(out))
+    new_tables, new_check = invoke("tables", "--wide", "--results", str(out)), invoke("check", "--results", str(out))
 
     # the folder as older versions left it: model.pt and lora.pt (pickled state dicts), no sidecar, result.json naming them
     sizes = {}
@@ -35,10 +35,10 @@ def test_tables_check_plots_read_an_older_versions_results_and_a_rerun_replaces_
         result = json.loads((rdir / "result.json").read_text())
         sizes[job] = (result["artifact_bytes"], (rdir / old).stat().st_size)
         (rdir / "result.json").write_text(json.dumps({**result, "artifact": old, "artifact_bytes": sizes[job][1]}, indent=2))
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl") == [
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name not in ("metrics.jsonl", "TABLES.md")) == [
         "full_ft/seed0/model.pt", "full_ft/seed0/result.json", "lora_8/seed0/lora.pt", "lora_8/seed0/result.json"]
 
-    tables = invoke("tables", "--results", str(out))
+    tables = invoke("tables", "--wide", "--results", str(out))
     assert tables.exit_code == 0 and not tables.stderr
     expected = new_tables.output
     for new_size, old_size in sizes.values():
@@ -53,7 +53,7 @@ def test_tables_check_plots_read_an_older_versions_results_and_a_rerun_replaces_
     # a forced rerun writes the new artifact directory and removes the older version's file
     assert invoke(*run, "--force").exit_code == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                  if p.is_file() and "plots" not in p.parts and p.name != "metrics.jsonl") == [
+                  if p.is_file() and "plots" not in p.parts and p.name not in ("metrics.jsonl", "TABLES.md")) == [
         "full_ft/seed0/model/config.json", "full_ft/seed0/model/generation_config.json", "full_ft/seed0/model/model.safetensors",
         "full_ft/seed0/model/ptuning_artifact.json", "full_ft/seed0/result.json",
         "lora_8/seed0/lora/lora.safetensors", "lora_8/seed0/lora/ptuning_artifact.json", "lora_8/seed0/result.json"]
