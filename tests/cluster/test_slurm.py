@@ -123,12 +123,12 @@ def test_an_array_of_four_runs_on_two_gpus_equals_run_all_and_fills_the_tables(a
     gpus = [re.search(r"CUDA_VISIBLE_DEVICES=(\S+),", (out / "logs" / "slurm" / f"{job}_{i}_0_log.out").read_text()).group(1)
             for i in range(4)]
     assert sorted(set(gpus)) == ["0", "1"], gpus  # each task got one of the two GPUs, and both were used
-    tables = ptuning(two_jobs, "tables", "--results", str(out))
+    tables = ptuning(two_jobs, "tables", "--wide", "--results", str(out))
     assert tables.returncode == 0, tables.stderr
     for name in JOB_NAMES:
         row = next(line for line in tables.stdout.splitlines() if f"| {name} " in line and "(n=" in line)
         assert "(n=2)" in row
-    assert any(line.startswith("| 8 ") and "| lora_8 " in line for line in lines)  # --wait ended with the tables
+    assert any(re.match(r"^ +8  LoRA, hand-written .* \(2\) ", line) for line in lines)  # --wait ended with the compact table
 
 
 def test_resubmitting_skips_the_completed_runs(array, two_jobs):

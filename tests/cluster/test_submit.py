@@ -5,6 +5,7 @@ end to end on the tiny assets. The same against a real SLURM: test_slurm.py (`ma
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def test_completed_runs_are_not_submitted_again(two_jobs, tiny_model_dir, tiny_d
     again = cli(two_jobs, *args, env=env_of(fake_slurm))  # seed 0 only: nothing to do, the tables instead
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith(f"ptuning: all 1 runs are already completed in {one_done}; nothing to submit (--force runs them again)\n")
-    assert "| lora_8 " in again.stdout and len(scripts(fake_slurm)) == 1  # sbatch not called again
+    assert re.search(r"^ +8  LoRA, hand-written ", again.stdout, re.M) and len(scripts(fake_slurm)) == 1  # sbatch not called again
 
     other = cli(two_jobs, *args, "--epochs", "2", env=env_of(fake_slurm))  # another configuration: runs again
     assert other.returncode == 0 and "submitted 1 run" in other.stdout and len(scripts(fake_slurm)) == 2
@@ -393,7 +394,7 @@ def test_local_executor_runs_the_plan_two_at_a_time_and_equals_run_all(two_jobs,
     assert progress[0] == "ptuning: 0 of 2 runs done, 2 running, 0 waiting, 0 failed"  # both at once
     assert progress[-1] == "ptuning: 2 of 2 runs done, 0 running, 0 waiting, 0 failed"
     assert {seed: metrics(out, "lora_8", seed) for seed in (0, 1)} == {seed: reference["lora_8", seed] for seed in (0, 1)}
-    assert any(line.startswith("| 8 ") and "| lora_8 " in line and "(n=2)" in line for line in lines)  # the tables
+    assert any(re.match(r"^ +8  LoRA, hand-written .* \(2\) ", line) for line in lines)  # the compact table, 2 seeds
     logs = sorted((out / "logs" / "local").glob("*_0_log.out"))
     assert len(logs) == 2 and all("CUDA_VISIBLE_DEVICES=(none)" in log.read_text() for log in logs)
 
