@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ptuning.atomic import atomic_save
+from ptuning.atomic import atomic_save, torch_writer
 from ptuning.errors import PtuningError
 from ptuning.hub import hub_error, looks_like_path, resolve
 
@@ -237,7 +237,7 @@ def _save_cache(path: Path, encoded: Encoded) -> None:
         "labels": torch.tensor(encoded.labels, dtype=torch.int8),
     }
     try:
-        atomic_save(path, lambda tmp: torch.save(payload, tmp))
+        atomic_save(path, torch_writer(payload), writable="set PTUNING_CACHE to a writable directory")
     except PtuningError:
         pass  # the cache is an optimisation; a read-only or full home must not stop a run
 

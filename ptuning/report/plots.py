@@ -268,6 +268,9 @@ def write_plots(jobs, results: dict[str, list[dict[str, Any]]], results_dir: Pat
     plt = _pyplot()
     directory = Path(results_dir) / PLOTS_DIR
     advice = "make it a writable directory (the results and the tables do not need it)"
+    if directory.is_symlink():  # planted in a shared folder or an unpacked archive: the PNGs would land elsewhere
+        raise PtuningError(f"{directory} is a symbolic link; ptuning does not write through one (remove it, or pass "
+                           "--results with another directory)")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only results directory, a file named plots

@@ -7,7 +7,8 @@ same job and seed started twice at once is refused.
 The lock belongs to the open file, so the kernel drops it when the process dies, even by SIGKILL: a lock file left
 behind by a killed run never blocks the next one. The file holds the holder's pid, which a refused run names. It is
 removed on a clean exit, with the folders the lock created if they are still empty. The lock file is opened without
-following a symbolic link: a link planted in a shared output folder cannot make ptuning write elsewhere.
+following a symbolic link, and the folders between the output folder and the run directory must not be links either:
+a link planted in a shared output folder (or an unpacked results archive) cannot make ptuning write elsewhere.
 
 `flock` is reliable on a local filesystem; across machines it depends on the filesystem (NFS emulates it with
 byte-range locks, Lustre needs the `flock` mount option), which is why a cluster runs each run as one task.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from ptuning.errors import PtuningError
@@ -26,16 +28,29 @@ LOCK_FILE = ".ptuning.lock"
 
 
 class RunLock:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
+        """The lock of run directory `directory`; `root`, the output folder it is in: the folders below `root` down to
+        `directory` are refused if they are symbolic links."""
         self.directory = Path(directory)
+        self.root = Path(root) if root is not None else None
         self.path = self.directory / LOCK_FILE
         self.fd: int | None = None
         self.created: list[Path] = []  # folders this lock made, deepest last
 
     def _unwritable(self, exc: OSError) -> PtuningError:
-        return PtuningError(
-            f"cannot write to run directory {self.directory}: {exc.strerror or exc}; pass --output-dir with a writable directory"
-        )
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = "free some space and rerun the same command" if full else "pass --output-dir with a writable directory"
+        return PtuningError(f"cannot write to run directory {self.directory}: {exc.strerror or exc}; {hint}")
+
+    def _check_links(self) -> None:
+        if self.root is None:
+            return
+        folder = self.directory
+        while folder != self.root and folder != folder.parent:
+            if folder.is_symlink():
+                raise PtuningError(f"{folder} is a symbolic link; ptuning does not write through one (remove it, or pass "
+                                   "another --output-dir)")
+            folder = folder.parent
 
     def _make_directory(self) -> None:
         missing = []
@@ -48,6 +63,7 @@ class RunLock:
             self.created.append(folder)
 
     def acquire(self) -> "RunLock":
+        self._check_links()
         try:
             self._make_directory()
         except OSError as exc:
@@ -62,6 +78,12 @@ class RunLock:
                     raise PtuningError(f"{self.path} is a symbolic link; ptuning does not follow it (remove it, or pass another "
                                        "--output-dir)") from None
                 raise self._unwritable(exc) from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link would be truncated with its twin
+                os.close(fd)
+                self._cleanup_dirs()
+                raise PtuningError(f"{self.path} is not a plain file of its own (a hard link or a special file); ptuning "
+                                   "does not write to it (remove it, or pass another --output-dir)")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
