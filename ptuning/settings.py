@@ -21,6 +21,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -293,9 +294,29 @@ def _suggest(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+class _Short(reprlib.Repr):
+    """A repr that looks at a few elements of a few levels (bounded work whatever the value) and names a huge
+    integer's size instead of writing it (repr refuses an integer of more than 4300 digits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 3, 4, 4, 4, 4
+        self.maxstring = self.maxother = 80
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return repr(x)
+
+
+_REPR = _Short()
+
+
 def _show(value: Any, limit: int = 60) -> str:
-    """repr(value), shortened: error messages stay one readable line whatever a file holds."""
-    text = repr(value)
+    """repr(value), shortened: error messages stay one readable line whatever a file holds. The work is bounded too:
+    a few elements of a few levels are looked at, so a small YAML file whose aliases nest into billions of elements
+    is shown at once, not expanded."""
+    text = _REPR.repr(value) if isinstance(value, (list, tuple, dict, set, int)) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -309,7 +330,7 @@ def check_type(where: str, key: str, value: Any, expected: type) -> Any:
         try:
             value = float(value)
         except OverflowError:
-            raise PtuningError(f"{where}: {key!r} must be a finite number, got an integer with {len(str(value))} digits") from None
+            raise PtuningError(f"{where}: {key!r} must be a finite number, got {_show(value)}") from None
     if expected is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
         try:
             value = float(value)
@@ -412,7 +433,7 @@ def parse_value(key: str, text: str, where: str) -> Any:
     else:
         try:
             value = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer of thousands of digits
             raise PtuningError(f"{where}: cannot read {_show(text)} as a value for {key!r}") from None
     if key in SETTINGS:
         return check_setting(where, key, value)
@@ -461,8 +482,14 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+#: a job file is a few lines; a far larger one is refused unread
+MAX_JOB_FILE_BYTES = 2**20
+
+
 def _read_yaml(path: Path) -> dict:
     try:
+        if path.stat().st_size > MAX_JOB_FILE_BYTES:
+            raise PtuningError(f"{path}: a job file must be under {MAX_JOB_FILE_BYTES // 2**10} KiB (a job is a few lines)")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PtuningError(f"{path}: cannot read job file ({exc.strerror or exc})") from None
@@ -472,6 +499,8 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
     except RecursionError:
         raise PtuningError(f"{path}: malformed YAML: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits (Python's limit on converting text to int)
+        raise PtuningError(f"{path}: unreadable value ({str(exc).split(':')[0]})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -11,7 +11,9 @@ half-written file: everything goes to a temporary name in the same directory and
 from __future__ import annotations
 
 import json
+import os
 import platform
+import stat
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
@@ -45,17 +47,34 @@ def write_result(path: Path, result: dict[str, Any]) -> Path:
     return atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
 
+#: a result file is a few kilobytes; one far larger is not ptuning's, and is not read into memory
+MAX_RESULT_BYTES = 16 * 2**20
+
+
 def read_result(path: Path) -> dict[str, Any]:
     try:
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO would block an open without it
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PtuningError(f"{path}: unreadable result file (not a regular file)")
+            data = f.read(MAX_RESULT_BYTES + 1)
+        if len(data) > MAX_RESULT_BYTES:
+            raise PtuningError(f"{path}: unreadable result file (over {MAX_RESULT_BYTES // 2**20} MiB; a result file is a few kilobytes)")
+        result = json.loads(data.decode("utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text (a damaged or foreign file)
-        raise PtuningError(f"{path}: unreadable result file ({exc})") from None
+        raise PtuningError(f"{path}: unreadable result file ({_first_line(exc)})") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise PtuningError(f"{path}: unreadable result file (nested too deeply)") from None
     if not isinstance(result, dict):
         raise PtuningError(f"{path}: unreadable result file (a JSON {type(result).__name__}, not an object)")
     problem = schema_problem(result)
     if problem:
         raise PtuningError(f"{path}: unreadable result file ({problem})")
     return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _number(value) -> bool:
@@ -195,6 +214,14 @@ def container_image() -> dict[str, str | None] | None:
     return {"tag": tag, "id": image_id or None}
 
 
+def threads() -> dict[str, Any]:
+    """The threads torch computes with, and OMP_NUM_THREADS if set: a CPU result is exactly reproducible only with
+    the same number (a sum split over other threads rounds differently)."""
+    import torch
+
+    return {"torch": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
 def environment(device) -> dict[str, Any]:
     import torch
 
@@ -203,6 +230,7 @@ def environment(device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
+        "threads": threads(),
         "gpu": gpu,
         "cuda": torch.version.cuda,
         "packages": package_versions(),
