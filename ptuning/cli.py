@@ -38,10 +38,19 @@ class Cli(click.Group):
 
 
 def resume_command(ctx: click.Context) -> str:
-    """The command line that continues this run (the same one, without --force)."""
+    """The command line that continues this run: the same one, with the id of a --force run (`--force-id`), so that
+    the resumed run keeps what this one finished and resumes what it checkpointed, and still starts the rest afresh."""
     import shlex
 
-    args = [a for a in ctx.meta.get("ptuning.argv", []) if a != "--force"]
+    args, words = [], iter(ctx.meta.get("ptuning.argv", []))
+    for word in words:
+        if word == "--force-id":
+            next(words, None)
+        elif not word.startswith("--force-id="):
+            args.append(word)
+    force_id = ctx.meta.get("ptuning.force_id")
+    if force_id:
+        args += ["--force-id", force_id]
     return " ".join([ctx.info_name or "ptuning", *map(shlex.quote, args)])
 
 
@@ -92,6 +101,8 @@ def run_options(f):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--output-dir", type=click.Path(file_okay=False), default="results", show_default=True, help="Where results are written."),
         click.option("--force", is_flag=True, help="Rerun from scratch: ignore finished results and checkpoints of these jobs."),
+        click.option("--force-id", metavar="ID", help="With --force: continue the interrupted --force run with this id (its "
+                     "resume command gives it): keep what it finished, resume what it checkpointed."),
         click.option("--yes", is_flag=True, help=f"Run grids (`sweep:` in a job file) even when they start more than {SWEEP_CONFIRM} runs."),
         click.option("--tracker", "trackers", multiple=True, metavar="NAME",
                      help="Also send each run's metrics to a tracker: tensorboard (event files in the run's folder). "
@@ -158,6 +169,33 @@ def _parse_rows(ctx, param, value: str) -> list[str]:
     return rows
 
 
+def force_id(kwargs: dict) -> str | None:
+    """The id of this --force run (None without --force): `--force-id`'s, or a new one. Results and checkpoints record
+    it; the resume command printed on interruption passes it on (`resume_command`)."""
+    import secrets
+
+    if not kwargs.get("force"):
+        if kwargs.get("force_id"):
+            raise PtuningError("--force-id goes with --force (it continues an interrupted --force run)")
+        return None
+    if not kwargs.get("force_id"):
+        kwargs["force_id"] = secrets.token_hex(4)
+    elif not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", kwargs["force_id"]):
+        raise PtuningError(f"--force-id: expected the id an interrupted --force run printed (letters, digits), got {kwargs['force_id']!r}")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta["ptuning.force_id"] = kwargs["force_id"]
+    return kwargs["force_id"]
+
+
+def check_jobs(jobs, device) -> None:
+    """Refuse, before anything runs, what a job asks for and this device cannot give."""
+    for job in jobs:
+        if job.settings.compile and device.type != "cuda":
+            raise PtuningError(f"{job.name}: compile: true (--compile) needs a CUDA device, and this run is on {device}; "
+                               "drop --compile (or pass --no-compile), or run on a GPU")
+
+
 def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
 
@@ -169,13 +207,15 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     from ptuning.run.runner import resolve_device, run_job, splits_for
     from ptuning.settings import confirm_runs, expand
 
-    resolve_device(kwargs["device"])  # a bad --device fails before anything runs
+    device = resolve_device(kwargs["device"])  # a bad --device fails before anything runs
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     jobs = [job.override(values) for job in jobs]  # validate every override first
     confirm_runs(jobs, kwargs.get("yes", False))
     jobs = expand(jobs)  # a job with a grid runs its points
     refuse_slow_cpu_run(jobs, kwargs["device"], splits_for)  # --device auto without a GPU: no run of many hours
+    check_jobs(jobs, device)
+    forced = force_id(kwargs)
     failures = []
     with StopRequest() as stop:
         for job in jobs:
@@ -184,7 +224,7 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
                 stop.check(f"stopped before {label}")
                 try:
                     run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo,
-                            force=kwargs.get("force", False), stop=stop, trackers=tuple(kwargs.get("trackers") or ()))
+                            force=forced or False, stop=stop, trackers=tuple(kwargs.get("trackers") or ()))
                 except PtuningError as exc:
                     click.echo(f"ptuning: error: [{label}] {exc}", err=True)
                     failures.append((label, str(exc)))
@@ -193,44 +233,39 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
 
 def child_options(kwargs: dict) -> list[str]:
     """This command line's run options for a child `ptuning run`: the settings as `--set` (local model and dataset
-    paths made absolute), the device, the output folder (absolute) and --force."""
+    paths made absolute), the device, the output folder (absolute) and --force with this run's --force-id."""
     values = overrides(kwargs)
     for key in ("model", "dataset"):
         if isinstance(values.get(key), str) and Path(values[key]).exists():
             values[key] = str(Path(values[key]).resolve())
     words = override_args(values) + ["--device", kwargs["device"], "--output-dir", str(Path(kwargs["output_dir"]).resolve())]
     words += [word for name in kwargs.get("trackers") or () for word in ("--tracker", name)]
-    return words + (["--force"] if kwargs.get("force") else []) + (["--yes"] if kwargs.get("yes") else [])
+    forced = force_id(kwargs)
+    return words + (["--force", "--force-id", forced] if forced else []) + (["--yes"] if kwargs.get("yes") else [])
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
-    import signal
-
     from ptuning.run.cpu import refuse_slow_cpu_run
     from ptuning.run.metrics import check_trackers
     from ptuning.run.parallel import run_concurrently
     from ptuning.run.runner import check_writable, resolve_device, splits_for
     from ptuning.settings import confirm_runs, expand
 
-    resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
+    device = resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
-    confirm_runs([job.override(values) for job in jobs], kwargs.get("yes", False))
-    refuse_slow_cpu_run(expand([job.override(values) for job in jobs]), kwargs["device"], splits_for)
+    overridden = [job.override(values) for job in jobs]
+    confirm_runs(overridden, kwargs.get("yes", False))
+    refuse_slow_cpu_run(expand(overridden), kwargs["device"], splits_for)
+    check_jobs(overridden, device)
     names = [job.name for job in expand(jobs)]  # each point of a grid in a process of its own
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
-
-    def terminate(signum, frame):  # docker stop / CI cancel: stop the children (each checkpoints), then exit
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:  # each child locks the run directories it runs
-        click.echo(f"ptuning: running {len(names)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
-        return run_concurrently(names, child_options(kwargs), output_dir, concurrency,
-                                jobs_dir=_jobs_dir(ctx), device=kwargs["device"], echo=click.echo)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    options = child_options(kwargs)
+    # each child locks the run directories it runs; SIGINT/SIGTERM are passed on to the children (ptuning/run/parallel.py)
+    click.echo(f"ptuning: running {len(names)} jobs, {concurrency} at a time; logs in {output_dir / 'logs'}")
+    return run_concurrently(names, options, output_dir, concurrency, jobs_dir=_jobs_dir(ctx), device=kwargs["device"],
+                            echo=click.echo)
 
 
 def _load_results(results_dir: Path, quiet: bool = False) -> dict:

@@ -145,10 +145,14 @@ def test_every_setting_round_trips_through_a_child_command_line(data):
 
 def test_a_child_gets_the_parents_options_and_the_job_after_a_double_dash(tmp_path):
     kwargs = {"seeds": "0,1", "epochs": "2", "assignments": ("method.rank=4",), "device": "cpu", "output_dir": str(tmp_path),
-              "force": True, "compile": False, "trackers": ("tensorboard",)}
+              "force": True, "force_id": "5eed", "compile": False, "trackers": ("tensorboard",)}
     words = cli.child_options(kwargs)
     assert words == ["--set", "epochs=2", "--set", "compile=false", "--set", "seeds=[0, 1]", "--set", "method.rank=4",
-                     "--device", "cpu", "--output-dir", str(tmp_path.resolve()), "--tracker", "tensorboard", "--force"]
+                     "--device", "cpu", "--output-dir", str(tmp_path.resolve()), "--tracker", "tensorboard", "--force",
+                     "--force-id", "5eed"]
+    del kwargs["force_id"]  # the parent's --force run gets an id of its own, which every child shares
+    words = cli.child_options(kwargs)
+    assert words[-3:-1] == ["--force", "--force-id"] and len(words[-1]) == 8 and cli.child_options(kwargs) == words
     from ptuning.run.parallel import child_command
 
     assert child_command("-x", None, words)[-2:] == ["--", "-x"]

@@ -34,6 +34,7 @@ def shared(run: Run, status: str, epochs: list[dict[str, Any]]) -> dict[str, Any
         "row": job.row,
         "status": status,
         "config": run.config,
+        "force_id": run.force_id,
         "reference": {"accuracy": job.reference_accuracy, "total_params": job.reference_total_params},
         "epochs": epochs,
         "params": run.params,

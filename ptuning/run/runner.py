@@ -9,7 +9,9 @@ This is the only module that knows the whole chain. How a step trains and how a 
 from __future__ import annotations
 
 import gc
+import os
 import random
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,12 +21,12 @@ import torch
 
 from ptuning import data as data_mod
 from ptuning import protocol as protocol_mod
-from ptuning.atomic import atomic_save
+from ptuning.atomic import atomic_save, remove
 from ptuning.engine import NonFiniteLoss, StopEpoch, make_engine
 from ptuning.errors import PtuningError, one_line
 from ptuning.methods import build_method, count_parameters
 from ptuning.model import load_model
-from ptuning.report.results import run_dir, write_result
+from ptuning.report.results import run_dir, threads, write_result
 from ptuning.run import checkpoint, record
 from ptuning.run.interrupt import StopRequest, pause_hook
 from ptuning.run.lock import RunLock
@@ -36,20 +38,22 @@ _SPLITS: dict[tuple[str, str | None], Any] = {}
 
 
 def run_job(job: Job, output_dir: Path, device_name: str | None = None, echo: Callable[[str], None] = click.echo,
-            force: bool = False, stop: StopRequest | None = None, trackers: tuple[str, ...] = ()) -> dict[str, Any]:
+            force: bool | str = False, stop: StopRequest | None = None, trackers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train and evaluate one job (one seed) in `<output_dir>/<job>/seed<N>` (`heldout-seed<N>` under the heldout
     protocol); write its result.json and trained parameters. A method that does not train (zero-shot) is evaluated
     once, as epoch 0. A completed result of the same configuration is skipped, a checkpoint of it resumed; `force`
-    starts afresh. `stop` is looked at after every step: when a signal asked to stop, a checkpoint is written and
-    `Interrupted` raised. The run directory is locked while it runs (another process running it is refused); its
-    metrics go to metrics.jsonl as it goes, and to the `trackers` named (ptuning/run/metrics.py)."""
+    starts afresh (a string: the id of the --force run, whose own results and checkpoints are kept; `checkpoint.plan`).
+    `stop` is looked at after every step: when a signal asked to stop, a checkpoint is written and `Interrupted`
+    raised. The run directory is locked while it runs (another process running it is refused); its metrics go to
+    metrics.jsonl as it goes, and to the `trackers` named (ptuning/run/metrics.py)."""
     output_dir, device = Path(output_dir), resolve_device(device_name)
     check_writable(output_dir)
     method = build_method(job.method, job.implementation, job.knobs)
     config = {**job.config(), "epochs": job.settings.epochs if method.trains else 0}
-    run = Run(job, method, config, device, run_dir(output_dir, job.name, job.settings.seed, job.settings.protocol), echo)
-    with RunLock(run.rdir):
-        action, found = checkpoint.plan(run.rdir, config, force)
+    run = Run(job, method, config, device, run_dir(output_dir, job.name, job.settings.seed, job.settings.protocol), echo,
+              force_id=(force if isinstance(force, str) else secrets.token_hex(4)) if force else None)
+    with RunLock(run.rdir, root=output_dir):
+        action, found = checkpoint.plan(run.rdir, config, run.force_id, run.say)
         if action == "skip":
             run.say(f"already completed with this configuration ({run.result_path}); skipping (--force reruns it)")
             return found
@@ -108,6 +112,7 @@ def prepare(run: Run) -> None:
 def restore(run: Run, state: RunState, found: dict[str, Any]) -> None:
     """Continue from a checkpoint: the trained parameters, the optimizer, the shuffle, the epochs and the RNGs."""
     checkpoint.load_trainable_state(run.method, run.model, found["trainable"], run.checkpoint_path)
+    checkpoint.check_step(found, len(run.loader), run.checkpoint_path)
     try:  # the parts checkpoint.load checked the types of; their contents only the libraries can judge
         if run.optimizer is not None:
             run.optimizer.load_state_dict(found["optimizer"])
@@ -123,6 +128,9 @@ def restore(run: Run, state: RunState, found: dict[str, Any]) -> None:
     steps = len(run.loader)
     where = f"epoch {len(state.epochs) + 1}, after step {state.step} of {steps}" if state.step else f"the end of epoch {len(state.epochs)}"
     run.say(f"resuming from {run.checkpoint_path} at {where}")
+    warning = checkpoint.threads_warning(found, run.device)
+    if warning:
+        run.say(warning)
 
 
 def train_and_evaluate(run: Run, state: RunState, epoch: int, stop: StopRequest | None) -> None:
@@ -171,7 +179,8 @@ def save_checkpoint(run: Run, state: RunState, generator_state: torch.Tensor, st
     t = time.perf_counter()
     checkpoint.save_state(run.checkpoint_path, run.config, run.method, run.model, run.optimizer, run.device,
                           generator=generator_state, epochs=state.epochs, step=step, loss_total=loss_total,
-                          step_seconds=step_seconds, wall_seconds=state.prior_wall + t - state.started)
+                          step_seconds=step_seconds, wall_seconds=state.prior_wall + t - state.started, force_id=run.force_id,
+                          threads=threads())
     state.save_seconds += time.perf_counter() - t
 
 
@@ -185,10 +194,7 @@ def finish(run: Run, state: RunState) -> dict[str, Any]:
     state.save_seconds += time.perf_counter() - t
     result = record.completed(run, state, artifact)
     write_result(run.result_path, result)
-    try:
-        run.checkpoint_path.unlink()  # the result and the parameters now hold everything
-    except FileNotFoundError:
-        pass
+    remove(run.checkpoint_path)  # the result and the parameters now hold everything
     run.metrics.event("end", reported_accuracy=result["reported_accuracy"], selected_epoch=result["selected_epoch"],
                       wall_seconds=result["wall_seconds"])
     run.say(f"reported test accuracy {result['reported_accuracy']:.2f}% at epoch {result['selected_epoch']} "
@@ -254,8 +260,8 @@ def splits_for(job: Job, cache: dict | None = None):
 def check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{random.getrandbits(32):08x}"
-        probe.write_bytes(b"")
+        probe = directory / f".write-test-{secrets.token_hex(8)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))  # never through a link
         probe.unlink()
     except OSError as exc:
         raise PtuningError(f"cannot write to output directory {directory}: {exc.strerror or exc}; pass --output-dir with a writable directory") from None

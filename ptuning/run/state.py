@@ -20,6 +20,7 @@ class Run:
     device: torch.device
     rdir: Path
     echo: Callable[[str], None]
+    force_id: str | None = None  # the --force run this is part of (ptuning.run.checkpoint.plan)
     model: Any = None
     tokenizer: Any = None
     params: dict[str, Any] = field(default_factory=dict)  # counts and the formula

@@ -288,10 +288,9 @@ def test_read_only_output_directory_is_one_line_and_writes_nothing(jobs_dir, tmp
             return real_open(path, *args, **kwargs)
 
         monkeypatch.setattr(os, "open", deny)
-        expected = f"cannot write to run directory {out / 'a' / 'seed0'}: Permission denied"  # the run's lock file
     else:
         out.chmod(0o555)
-        expected = f"cannot write to output directory {out}: Permission denied"  # the output folder's write probe
+    expected = f"cannot write to output directory {out}: Permission denied"  # the output folder's write probe
     try:
         result = run_a(jobs_dir, out)
     finally:
