@@ -17,6 +17,8 @@ import errno
 import importlib.util
 import json
 import os
+import stat
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,17 +84,37 @@ class MetricsLog:
         self.every = every
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if fresh else os.O_APPEND)
         try:
-            fd = os.open(self.path, flags, 0o644)
+            fd = os.open(self.path, flags & ~os.O_TRUNC, 0o644)
         except OSError as exc:
             reason = "it is a symbolic link; ptuning does not follow it" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
             raise PtuningError(f"cannot write {self.path}: {reason}; pass --output-dir with a writable directory") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # truncating a hard link would empty its twin too
+            os.close(fd)
+            raise PtuningError(f"cannot write {self.path}: it is not a plain file of its own (a hard link or a special "
+                               "file); remove it, or pass another --output-dir")
+        if fresh:
+            os.ftruncate(fd, 0)
         self.file = os.fdopen(fd, "a", encoding="utf-8")
+        self.writing = True
+        if trackers and (Path(rdir) / "tensorboard").is_symlink():
+            self.file.close()
+            raise PtuningError(f"{Path(rdir) / 'tensorboard'} is a symbolic link; ptuning does not write through one "
+                               "(remove it, or pass another --output-dir)")
         self.trackers = [TRACKERS[name](Path(rdir)) for name in trackers]
 
     def event(self, event: str, **fields: Any) -> None:
-        """One line, written through to the file at once (a killed run keeps it)."""
-        self.file.write(json.dumps({"event": event, "time": _now(), **fields}) + "\n")
-        self.file.flush()
+        """One line, written through to the file at once (a killed run keeps it). A write that fails (a full disk)
+        is one warning, and the log stops there: the run goes on (its checkpoint says, in one line, if it cannot)."""
+        if not self.writing:
+            return
+        try:
+            self.file.write(json.dumps({"event": event, "time": _now(), **fields}) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            self.writing = False
+            sys.stderr.write(f"ptuning: warning: cannot write {self.path} any more ({exc.strerror or exc}); the run goes on "
+                             "without it\n")
 
     def _track(self, values: dict[str, float | None], step: int) -> None:
         values = {k: float(v) for k, v in values.items() if v is not None}
@@ -117,4 +139,7 @@ class MetricsLog:
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the last buffered line of a full disk: already warned about
+            pass

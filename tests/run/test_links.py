@@ -132,3 +132,13 @@ def test_a_symlinked_plots_folder_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["--jobs-dir", str(JOBS), "plots", "--results", str(out)])
     assert f"{out / 'plots'} is a symbolic link; ptuning does not write through one" in one_error(result)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_hard_linked_metrics_log_is_refused_and_its_twin_untouched(tmp_path, victim):
+    from ptuning.run.metrics import MetricsLog
+
+    (tmp_path / "run").mkdir()
+    os.link(victim, tmp_path / "run" / "metrics.jsonl")
+    with pytest.raises(PtuningError, match="metrics.jsonl: it is not a plain file of its own"):
+        MetricsLog(tmp_path / "run")
+    assert victim.read_text() == "KEEP\n"

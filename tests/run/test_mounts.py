@@ -191,3 +191,19 @@ def test_a_read_only_output_folder_is_one_line_and_keeps_what_is_there(jobs_dir,
         assert result.stderr.strip() == (f"ptuning: error: [a] cannot write to output directory {out}: Read-only file system; "
                                          "pass --output-dir with a writable directory")
     assert files(out) == ["a/seed0/result.json"]
+
+
+def test_a_full_disk_stops_the_metrics_log_with_one_warning_and_the_run_goes_on(tmp_path, capsys):
+    from ptuning.run.metrics import MetricsLog
+
+    with tmpfs(tmp_path / "disk") as disk:
+        log = MetricsLog(disk)
+        log.event("start")
+        fill(disk)
+        log.event("step", loss=1.0, note="x" * 8192)  # more than the page the first line took: the disk is full
+        log.event("step", loss=0.5)
+        log.close()
+        lines = (disk / "metrics.jsonl").read_text().splitlines()
+    assert '"event": "start"' in lines[0] and not any('"loss": 0.5' in line for line in lines)  # nothing after the failure
+    assert capsys.readouterr().err == (f"ptuning: warning: cannot write {disk / 'metrics.jsonl'} any more (No space left on "
+                                       "device); the run goes on without it\n")
