@@ -79,7 +79,7 @@ def test_a_rerun_removes_what_a_killed_run_left_and_says_so(jobs_dir, tmp_path, 
     monkeypatch.setattr("ptuning.run.runner.remove", lambda path: None)  # killed after the result, before the removal
     assert run_a(jobs_dir, out).exit_code == 0
     monkeypatch.undo()
-    assert files(out) == ["a/seed0/checkpoint.pt", "a/seed0/lora.pt", "a/seed0/result.json"]
+    assert files(out) == ["a/seed0/checkpoint.pt", "a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]
     leftovers = [".checkpoint.pt.tmp-123-abcd1234", ".lora.pt.tmp-77-x_9k2mqz", ".result.json.tmp-5-deadbeef"]
     (rdir / leftovers[0]).mkdir()
     (rdir / leftovers[0] / "checkpoint.pt").write_bytes(b"half a checkpoint")
@@ -91,7 +91,7 @@ def test_a_rerun_removes_what_a_killed_run_left_and_says_so(jobs_dir, tmp_path, 
     assert f"[a] removed what an interrupted run left in {rdir}: {', '.join(leftovers)}" in again.output
     assert f"[a] removed {rdir / 'checkpoint.pt'}: the run it belongs to had completed ({rdir / 'result.json'})" in again.output
     assert "already completed with this configuration" in again.output
-    assert sorted(p.name for p in rdir.iterdir()) == ["lora.pt", "result.json"]
+    assert sorted(p.name for p in rdir.iterdir()) == ["lora.pt", "metrics.jsonl", "result.json"]
 
 
 def test_a_damaged_result_is_named_rerun_and_its_parameters_kept_until_replaced(jobs_dir, reference, tmp_path, monkeypatch):
