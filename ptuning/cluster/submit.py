@@ -109,7 +109,7 @@ def container_prefix(image: str, binds: list[Path]) -> list[str]:
 
 def plan(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, container: str | None) -> tuple[list[Run], list[Run]]:
     """(runs to start, runs already completed) for these jobs with this command line's settings."""
-    from ptuning.cli import child_options, overrides
+    from ptuning.cli import child_options, force_id, overrides
     from ptuning.report import results as results_mod
     from ptuning.settings import confirm_runs, expand
 
@@ -130,6 +130,7 @@ def plan(jobs, refs: dict[str, str], kwargs: dict, jobs_dir: Path, container: st
         head = [*container_prefix(container, binds), "ptuning"]
     else:
         head = [sys.executable, "-m", "ptuning.cli"]
+    force_id(kwargs)  # one --force-id for every task of the submission (a requeued task keeps what its run wrote)
     todo, done = [], []
     for job in jobs:
         for seed in job.seed_list:

@@ -13,8 +13,9 @@ Signals on SLURM (the array is submitted with `--requeue`):
   (it would kill a process that does not); submitit calls `checkpoint()`, which asks the run to stop with SIGTERM,
   waits until it has written its checkpoint and exited, and hands back the same task: submitit requeues it
   (`scontrol requeue`), at most `max_num_timeout` times.
-- `--force` is dropped from a restarted task's command line (SLURM_RESTART_COUNT > 0): a requeued run resumes
-  the checkpoint its first start wrote instead of starting over.
+- A restarted task (SLURM_RESTART_COUNT > 0) resumes the checkpoint its first start wrote instead of starting
+  over: its `--force` comes with the submission's `--force-id`, which keeps what a run of that id wrote
+  (docs/reliability.md). A command line with `--force` but no id (an older one) has `--force` dropped instead.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class RunTask:
         return state
 
     def _command(self) -> list[str]:
-        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:  # requeued: resume, never start over
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        if restarted and "--force-id" not in self.command:  # requeued: resume, never start over
             return [word for word in self.command if word != "--force"]
         return list(self.command)
 

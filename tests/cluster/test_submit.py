@@ -123,7 +123,8 @@ def test_defaults_one_run_the_partitions_time_limit_and_yaml_paths(two_jobs, tmp
     from submitit.core.utils import DelayedSubmission
 
     task = DelayedSubmission.load(out / "logs" / "slurm" / "4242_submitted.pkl").function
-    assert task.command[-3:] == ["--force", "--", str(job_file)] and "seeds=[3]" in task.command
+    assert task.command[-5:-3] == ["--force", "--force-id"] and task.command[-2:] == ["--", str(job_file)]
+    assert "seeds=[3]" in task.command
     assert "--device" in task.command and task.command[task.command.index("--device") + 1] == "auto"
 
 
@@ -313,6 +314,9 @@ def test_task_runs_the_command_with_the_slurm_cpus_and_drops_force_when_restarte
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: resume, never start over
     assert RunTask(probe, "job seed 0")() == 0
     assert eval(argv.read_text())[0] == ["run", "--", "job"]
+    # with the submission's --force-id, --force stays: the run keeps what it wrote itself, and still replaces the rest
+    assert RunTask([*probe[:-2], "--force-id", "5eed", "--", "job"], "job seed 0")() == 0
+    assert eval(argv.read_text())[0] == ["run", "--force", "--force-id", "5eed", "--", "job"]
 
 
 @pytest.mark.parametrize("code, said", [
