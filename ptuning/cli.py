@@ -462,7 +462,7 @@ def tune(ctx: click.Context, job_refs: tuple[str, ...], sweeps: tuple[str, ...],
     from ptuning.run.runner import resolve_device, run_job
     from ptuning.settings import confirm_runs, load_job
 
-    resolve_device(kwargs["device"])
+    device = resolve_device(kwargs["device"])
     check_trackers(kwargs.get("trackers") or ())
     values = overrides(kwargs)
     if values.get("protocol", "heldout") != "heldout":
@@ -471,12 +471,14 @@ def tune(ctx: click.Context, job_refs: tuple[str, ...], sweeps: tuple[str, ...],
     grids = [tune_mod.parse_sweep_option(text) for text in sweeps]
     jobs = [tune_mod.with_grid(load_job(ref, _jobs_dir(ctx)).override(values), grids) for ref in job_refs]
     confirm_runs([job.override(seeds=search or job.seed_list[:1]) for job in jobs], kwargs.get("yes", False))
+    check_jobs(jobs, device)
+    forced = force_id(kwargs)
     total = sum(len(job.points()) * len(search or job.seed_list[:1]) + 2 * len(job.seed_list) for job in jobs)
     output_dir = Path(kwargs["output_dir"])
     click.echo(f"ptuning: tuning {len(jobs)} job(s), {total} runs in all (search seeds: {search or 'the first of each job'})")
     with StopRequest() as stop:
         def run(job, out):
-            return run_job(job, out, kwargs["device"], force=kwargs.get("force", False), stop=stop,
+            return run_job(job, out, kwargs["device"], force=forced or False, stop=stop,
                            trackers=tuple(kwargs.get("trackers") or ()))
 
         summary = tune_mod.tune(jobs, output_dir, run, search, budget_epochs, click.echo)
