@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class SameAs:
     """A knob's default that is another knob's value (a soft prompt's placeholders: its number of tokens)."""
