@@ -38,8 +38,8 @@ def test_run_all_with_concurrency_and_several_seeds_completes_every_run(jobs_dir
     result = cli(jobs_dir, "run-all", "--concurrency", "2", "--seeds", "0,1", "--epochs", "1", "--device", "cpu",
                  "--output-dir", str(out))
     assert result.exit_code == 0, result.output
-    runs = [f"{job}/seed{seed}/{name}" for job in "ab" for seed in (0, 1) for name in ("lora.pt", "metrics.jsonl", "result.json")]
-    assert [f for f in files(out) if not f.startswith("plots/")] == [*runs, "logs/a.log", "logs/b.log"]
+    runs = [f"{job}/seed{seed}/{name}" for job in "ab" for seed in (0, 1) for name in ("lora/lora.safetensors", "lora/ptuning_artifact.json", "metrics.jsonl", "result.json")]
+    assert [f for f in files(out) if not f.startswith("plots/") and f != "TABLES.md"] == [*runs, "logs/a.log", "logs/b.log"]
     share = max(1, (os.cpu_count() or 1) // 2)  # each child's share of the cores
     for job in "ab":
         for seed in (0, 1):

@@ -79,8 +79,9 @@ def test_a_rerun_removes_what_a_killed_run_left_and_says_so(jobs_dir, tmp_path, 
     monkeypatch.setattr("ptuning.run.runner.remove", lambda path: None)  # killed after the result, before the removal
     assert run_a(jobs_dir, out).exit_code == 0
     monkeypatch.undo()
-    assert files(out) == ["a/seed0/checkpoint.pt", "a/seed0/lora.pt", "a/seed0/metrics.jsonl", "a/seed0/result.json"]
-    leftovers = [".checkpoint.pt.tmp-123-abcd1234", ".lora.pt.tmp-77-x_9k2mqz", ".result.json.tmp-5-deadbeef"]
+    assert files(out) == ["a/seed0/checkpoint.pt", "a/seed0/lora/lora.safetensors", "a/seed0/lora/ptuning_artifact.json",
+                          "a/seed0/metrics.jsonl", "a/seed0/result.json"]
+    leftovers = [".checkpoint.pt.tmp-123-abcd1234", ".lora.tmp-77-x_9k2mqz", ".result.json.tmp-5-deadbeef"]
     (rdir / leftovers[0]).mkdir()
     (rdir / leftovers[0] / "checkpoint.pt").write_bytes(b"half a checkpoint")
     (rdir / leftovers[1]).mkdir()
@@ -91,14 +92,14 @@ def test_a_rerun_removes_what_a_killed_run_left_and_says_so(jobs_dir, tmp_path, 
     assert f"[a] removed what an interrupted run left in {rdir}: {', '.join(leftovers)}" in again.output
     assert f"[a] removed {rdir / 'checkpoint.pt'}: the run it belongs to had completed ({rdir / 'result.json'})" in again.output
     assert "already completed with this configuration" in again.output
-    assert sorted(p.name for p in rdir.iterdir()) == ["lora.pt", "metrics.jsonl", "result.json"]
+    assert sorted(p.name for p in rdir.iterdir()) == ["lora", "metrics.jsonl", "result.json"]
 
 
 def test_a_damaged_result_is_named_rerun_and_its_parameters_kept_until_replaced(jobs_dir, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     rdir = out / "a" / "seed0"
     assert run_a(jobs_dir, out).exit_code == 0
-    old_parameters = (rdir / "lora.pt").read_bytes()
+    old_parameters = (rdir / "lora" / "lora.safetensors").read_bytes()
     (rdir / "result.json").write_bytes((rdir / "result.json").read_bytes()[:100])  # truncated
 
     interrupt_at(monkeypatch, (2, 1))
@@ -107,7 +108,7 @@ def test_a_damaged_result_is_named_rerun_and_its_parameters_kept_until_replaced(
     assert stopped.exit_code == 130
     assert f"[a] warning: {rdir / 'result.json'}: unreadable result file (" in stopped.output
     assert "it is not used, and is replaced when this run completes" in stopped.output
-    assert (rdir / "lora.pt").read_bytes() == old_parameters  # the last good parameters stay until new ones are written
+    assert (rdir / "lora" / "lora.safetensors").read_bytes() == old_parameters  # the last good parameters stay until new ones are written
 
     resumed = run_a(jobs_dir, out)
     assert resumed.exit_code == 0 and "the end of epoch" not in resumed.output and "epoch 2, after step 1" in resumed.output
