@@ -318,9 +318,15 @@ def _print_tables(jobs, results_dir: Path, wide: bool = False) -> None:
     from ptuning.report.plots import PLOTS_DIR, plot_paths
 
     results_dir = Path(results_dir)
+    from ptuning.report.results import read_latency
+
     results, kind = _load_results(results_dir), _kind(results_dir)
     jobs = report_jobs(jobs, results)
-    document = tables.document(jobs, results, plot_paths(results_dir), base=results_dir, kind=kind)
+    problems: list[str] = []
+    latency = read_latency(results_dir, problems)
+    for line in problems:
+        click.echo(f"ptuning: warning: {line}", err=True)
+    document = tables.document(jobs, results, plot_paths(results_dir), base=results_dir, kind=kind, latency=latency)
     path: Path | None = results_dir / tables.TABLES_FILE
     try:
         atomic_save(path, lambda tmp: tmp.write_text(document + "\n", encoding="utf-8"),

@@ -51,25 +51,54 @@ def write_result(path: Path, result: dict[str, Any]) -> Path:
 MAX_RESULT_BYTES = 16 * 2**20
 
 
-def read_result(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, what: str = "result file", limit: int = MAX_RESULT_BYTES) -> dict[str, Any]:
+    """A JSON object from a regular file of at most `limit` bytes; anything else is one PtuningError naming `what`."""
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO would block an open without it
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise PtuningError(f"{path}: unreadable result file (not a regular file)")
-            data = f.read(MAX_RESULT_BYTES + 1)
-        if len(data) > MAX_RESULT_BYTES:
-            raise PtuningError(f"{path}: unreadable result file (over {MAX_RESULT_BYTES // 2**20} MiB; a result file is a few kilobytes)")
+                raise PtuningError(f"{path}: unreadable {what} (not a regular file)")
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise PtuningError(f"{path}: unreadable {what} (over {limit // 2**20} MiB; a {what} is a few kilobytes)")
         result = json.loads(data.decode("utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text (a damaged or foreign file)
-        raise PtuningError(f"{path}: unreadable result file ({_first_line(exc)})") from None
+        raise PtuningError(f"{path}: unreadable {what} ({_first_line(exc)})") from None
     except RecursionError:  # "[[[[..." nested deeper than the parser's stack
-        raise PtuningError(f"{path}: unreadable result file (nested too deeply)") from None
+        raise PtuningError(f"{path}: unreadable {what} (nested too deeply)") from None
     if not isinstance(result, dict):
-        raise PtuningError(f"{path}: unreadable result file (a JSON {type(result).__name__}, not an object)")
+        raise PtuningError(f"{path}: unreadable {what} (a JSON {type(result).__name__}, not an object)")
+    return result
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    result = read_json_object(path)
     problem = schema_problem(result)
     if problem:
         raise PtuningError(f"{path}: unreadable result file ({problem})")
     return result
+
+
+#: what `ptuning latency` writes into a results folder, and `ptuning tables` reads
+LATENCY_FILE = "latency.json"
+
+
+def read_latency(results_dir: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The latency figures of `results_dir` (None when there are none); an unusable file is left out, what is wrong
+    with it appended to `problems`."""
+    path = Path(results_dir) / LATENCY_FILE
+    if not path.exists():
+        return None
+    try:
+        data = read_json_object(path, "latency file")
+    except PtuningError as exc:
+        if problems is not None:
+            problems.append(f"{exc}; the tables leave the added latency out")
+        return None
+    if not isinstance(data.get("rows"), dict):
+        if problems is not None:
+            problems.append(f"{path}: unreadable latency file (no 'rows' object); the tables leave the added latency out")
+        return None
+    return data
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,11 +5,13 @@ that protocol, one per seed. The row's figure is the mean of the runs' reported 
 sample standard deviation (n - 1 in the denominator).
 
 Comparison rule (documented in docs/results.md): a row differs from full fine-tuning "beyond the seed
-spread" when Welch's two-sided t-test on the per-seed accuracies gives p < 0.05. Both rows need
-n >= 2, otherwise the verdict is "n too small". The p-value uses Student's t distribution with the
-Welch–Satterthwaite degrees of freedom (computed here from the regularized incomplete beta function,
-no scipy at run time; tests/report/test_stats.py checks it against scipy.stats.ttest_ind(equal_var=False)). With 2–3 seeds the test has little power: "within noise" means "not shown to differ",
-not "equal".
+spread" when a two-sided t-test on the per-seed accuracies gives p < 0.05 after Holm's correction across
+the rows compared under one protocol. The test is paired (per seed) when both rows ran the same seeds on
+the same data in the same order, Welch's otherwise. Both rows need n >= 2, otherwise the verdict is
+"n too small". Each comparison also says how many seeds per row would detect the observed difference
+with 80% power. Student's t and the noncentral t are computed here (no scipy at run time);
+tests/report/test_significance.py checks every figure against scipy.stats. With 2–3 seeds the test has
+little power: "within noise" means "not shown to differ", not "equal".
 """
 
 from __future__ import annotations
@@ -310,6 +312,14 @@ def seeds_needed(difference: float, sd_a: float, sd_b: float | None = None, alph
     return high
 
 
+def seeds_needed_text(comparison: Comparison | None) -> str:
+    """A table's cell for the seeds per row at 80% power: a number, '>1000' (more than MAX_SEEDS), or '–' (no test,
+    or no difference to detect)."""
+    if comparison is None or comparison.p_adjusted is None or not comparison.difference:
+        return "–"
+    return str(comparison.seeds_needed) if comparison.seeds_needed is not None else f">{MAX_SEEDS}"
+
+
 #: the settings that fix a run's data order: runs that agree on them and on the seed saw the same batches
 DATA_ORDER = ("dataset", "dataset_config", "train_limit", "batch_size", "protocol", "heldout_size", "heldout_seed")
 
@@ -450,13 +460,17 @@ def rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
 
 
 def compare_with_reference(rows_: list[Row], reference: str = REFERENCE_JOB) -> dict[tuple[str, str], Comparison | None]:
-    """(job, protocol) → its comparison with the reference job under the same protocol (None: no comparison)."""
-    refs = {r.protocol: r for r in rows_ if r.job.name == reference and r.completed}
-    out: dict[tuple[str, str], Comparison | None] = {}
-    for row in rows_:
-        ref = refs.get(row.protocol)
-        if row.protocol is None or not row.completed or ref is None or row.job.name == reference:
-            out[(row.job.name, row.protocol)] = None
-        else:
-            out[(row.job.name, row.protocol)] = welch(row.accuracies, ref.accuracies)
+    """(job, protocol) → its comparison with the reference job under the same protocol (None: no comparison), by
+    `compare_runs`: paired where the runs share their data order, else Welch's; Holm-adjusted across the rows
+    of that protocol."""
+    out: dict[tuple[str, str], Comparison | None] = {(row.job.name, row.protocol): None for row in rows_}
+    for protocol in {row.protocol for row in rows_ if row.protocol is not None}:
+        mine = [row for row in rows_ if row.protocol == protocol and row.completed]
+        ref = next((row for row in mine if row.job.name == reference), None)
+        if ref is None:
+            continue
+        found = compare_runs({row.job.name: [r for r in row.completed if reported_accuracy(r) is not None] for row in mine},
+                             [r for r in ref.completed if reported_accuracy(r) is not None], reference)
+        for name, comparison in found.items():
+            out[(name, protocol)] = comparison
     return out

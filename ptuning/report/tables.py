@@ -87,16 +87,69 @@ def _failure(row: stats.Row, limit: int = 60) -> str:
     return f"failed: {reason}"[:limit] if reason else "failed"
 
 
-def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+def _ci(row: stats.Row) -> str:
+    interval = stats.confidence_interval(row.accuracies)
+    return interval.text() if interval else "–"
+
+
+def eval_seconds_per_1k(result: dict[str, Any]) -> float | None:
+    """Seconds to evaluate 1,000 reviews in this run: its evaluation time over the reviews it evaluated (every
+    evaluation split, after every epoch)."""
+    reviews, seconds, epochs = result.get("eval_reviews"), result.get("eval_seconds"), len(result.get("epochs") or [])
+    if not isinstance(reviews, dict) or not isinstance(seconds, (int, float)) or not epochs:
+        return None
+    total = sum(v for v in reviews.values() if isinstance(v, int)) * epochs
+    return 1000.0 * seconds / total if total else None
+
+
+def _device(result: dict[str, Any]) -> str:
+    env = result.get("environment") if isinstance(result.get("environment"), dict) else {}
+    return str(env.get("gpu") or env.get("device") or "?")
+
+
+def eval_cost(row: stats.Row) -> tuple[float | None, str | None]:
+    """(mean seconds per 1,000 reviews over the row's runs, the device they ran on; several: joined by '/')."""
+    pairs = [(v, _device(r)) for r in row.completed if (v := eval_seconds_per_1k(r)) is not None]
+    if not pairs:
+        return None, None
+    return sum(v for v, _ in pairs) / len(pairs), "/".join(sorted({d for _, d in pairs}))
+
+
+def _eval_cells(rows_: list[stats.Row]) -> tuple[dict[int, str], str | None]:
+    """Each row's 'eval s/1k' cell (by id of the row), and the device when every row ran on one (then said once
+    in the notes; otherwise each cell names its own)."""
+    costs = {id(row): eval_cost(row) for row in rows_}
+    devices = {d for _, d in costs.values() if d is not None}
+    one = next(iter(devices)) if len(devices) == 1 else None
+    cells = {}
+    for key, (value, device) in costs.items():
+        cells[key] = "–" if value is None else f"{value:.3g}" + ("" if one else f" ({device})")
+    return cells, one
+
+
+def _latency_cell(latency: dict[str, Any] | None, name: str) -> str:
+    """'+1.23' ms added at batch 1 (LoRA: '+1.23 / merged +0.01'); '–' when not measured."""
+    entry = ((latency or {}).get("rows") or {}).get(name)
+    if not isinstance(entry, dict) or not isinstance(entry.get("added_ms"), (int, float)):
+        return "–"
+    text = f"{entry['added_ms']:+.2f}"
+    if isinstance(entry.get("added_merged_ms"), (int, float)):
+        text += f" / merged {entry['added_merged_ms']:+.2f}"
+    return text
+
+
+def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]], latency: dict[str, Any] | None = None) -> list[list[str]]:
     table_rows = stats.rows(jobs, results)
     comparisons = stats.compare_with_reference(table_rows)
+    evals, _ = _eval_cells(table_rows)
     out = []
     for row in table_rows:
         job = row.job
         head = [job.row, job.name, job.title, knob_label(job), row.protocol or "–"]
         ref = _fmt_pct(job.reference_accuracy)
         if not row.completed:
-            out.append(head + [_failure(row) if row.failed else NOT_RUN] + [""] * 3 + [ref] + [""] * 5)
+            out.append(head + [_failure(row) if row.failed else NOT_RUN] + [""] * 5 + [ref] + [""] * 5
+                       + [_latency_cell(latency, job.name), ""])
             continue
         summary = row.accuracy
         accuracy = summary.text()
@@ -109,14 +162,18 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
             head
             + [
                 accuracy,
+                _ci(row),
                 _epochs(row),
                 _fmt_pct(row.mean_of("final_accuracy")),
                 comparison.text() if comparison else "–",
+                stats.seeds_needed_text(comparison),
                 ref,
                 diff,
                 _fmt_count(params.get("trainable")),
                 _fmt_bytes(row.max_of("artifact_bytes")),
                 _fmt_seconds(row.mean_of("train_seconds")) if trains(row) else "–",
+                evals[id(row)],
+                _latency_cell(latency, job.name),
                 _fmt_bytes(row.max_of("peak_gpu_memory_reserved_bytes") or row.max_of("peak_gpu_memory_bytes")),
             ]
         )
@@ -124,16 +181,40 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]]) -> list[list[s
 
 
 ACCURACY_HEADERS = [
-    "row", "job", "approach", "knob", "protocol", "test acc. (%)", "epoch", "final acc. (%)", "vs full FT",
-    "reference (%)", "diff", "trainable", "saved", "train time", "peak GPU mem.",
+    "row", "job", "approach", "knob", "protocol", "test acc. (%)", "95% CI", "epoch", "final acc. (%)", "vs full FT",
+    "seeds for 80% power", "reference (%)", "diff", "trainable", "saved", "train time", "eval s / 1k reviews",
+    "added latency (ms)", "peak GPU mem.",
 ]
 ACCURACY_NOTES = (
-    "test acc.: mean ± sample std over seeds (n runs). faithful = max test accuracy over epochs (the exercise; "
-    "optimistic), heldout = test accuracy at the epoch with the best validation accuracy. epoch: the selected "
-    "epoch of each seed. final acc.: test accuracy after the last epoch (mean over seeds). vs full FT: difference of means and Welch's t-test against full fine-tuning under the "
-    "same protocol, \"differs\" when p < 0.05 (needs n ≥ 2 on both sides). diff: mean minus the report's figure. "
-    "saved: trained state on disk. train time: mean per run (– where nothing trains)."
+    "test acc.: mean ± sample std over seeds (n runs). 95% CI: t-based confidence interval of the mean (n ≥ 2). "
+    "faithful = max test accuracy over epochs (the exercise; optimistic), heldout = test accuracy at the epoch with "
+    "the best validation accuracy. epoch: the selected epoch of each seed. final acc.: test accuracy after the last "
+    "epoch (mean over seeds). vs full FT: difference of means, the p-value of a two-sided t-test against full "
+    "fine-tuning under the same protocol (paired by seed when both rows ran the same seeds on the same data, else "
+    "Welch's) and Holm's adjusted p-value across the rows compared; \"differs\" when the adjusted p < 0.05 (needs "
+    "n ≥ 2 on both sides). seeds for 80% power: seeds per row at which the test would detect the observed difference "
+    "4 times in 5, the observed spreads taken as true. diff: mean minus the report's figure. saved: trained state "
+    "on disk. train time: mean per run (– where nothing trains). eval s / 1k reviews: evaluation time per 1,000 "
+    "test reviews in these runs. added latency: milliseconds one review's greedy decode at batch 1 takes over the "
+    "plain model's (LoRA also merged), from `ptuning latency`."
 )
+
+
+def inference_note(jobs, results: dict[str, list[dict[str, Any]]], latency: dict[str, Any] | None) -> str:
+    """Where the inference figures were measured: the evaluation's device, and the latency's device, date and size."""
+    _, device = _eval_cells(stats.rows(jobs, results))
+    parts = []
+    if device is not None:
+        parts.append(f"eval s / 1k reviews measured on {device}")
+    if latency:
+        parts.append(f"added latency measured by `ptuning latency` on {latency.get('device_name') or latency.get('device')}, "
+                     f"{latency.get('date', '?')}, {latency.get('size', '?')} shapes, {latency.get('precision', '?')}, "
+                     f"median of {latency.get('reviews', '?')} reviews")
+    else:
+        parts.append("added latency: not measured (run `ptuning latency --results <this folder>` to fill it)")
+    return "Inference cost: " + "; ".join(parts) + "."
+
+
 PARAMETER_HEADERS = ["row", "job", "approach", "knob", "total", "trainable", "added", "formula", "= formula"]
 
 
@@ -186,17 +267,20 @@ def caption(kind: Kind | None) -> list[str]:
 
 
 def document(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] | None = None, base: Path | None = None,
-             kind: Kind | None = None) -> str:
+             kind: Kind | None = None, latency: dict[str, Any] | None = None) -> str:
     """Both tables as one markdown document (TABLES.md), ending with links to `plots` (the PNGs that exist),
-    relative to `base`, the folder the document is written to."""
+    relative to `base`, the folder the document is written to. `latency`: what `ptuning latency` wrote in the
+    results folder (latency.json), if anything."""
     return "\n".join(
         [
             *caption(kind),
             "## Accuracy (test split)",
             "",
-            markdown(ACCURACY_HEADERS, accuracy_rows(jobs, results)),
+            markdown(ACCURACY_HEADERS, accuracy_rows(jobs, results, latency)),
             "",
             ACCURACY_NOTES,
+            "",
+            inference_note(jobs, results, latency),
             "",
             "## Parameters",
             "",
@@ -221,7 +305,7 @@ COMPACT_COLUMNS = [
     ("knob", "knob", False),
     ("protocol", "protocol", False),
     ("accuracy", "accuracy (%)\n± std (n)", True),
-    ("vs_full", "vs full FT\n(Welch's t)", False),
+    ("vs_full", "vs full FT\n(t-test, Holm)", False),
     ("reference", "ref.\n(%)", True),
     ("diff", "diff", True),
     ("trainable", "trained\nparams", True),
@@ -299,8 +383,9 @@ def fit(rows: list[dict[str, str]], width: int, protocols: bool) -> tuple[list[s
 
 COMPACT_NOTES = (
     "accuracy: test accuracy, mean ± sample std over seeds (n runs); faithful protocol: the max over epochs. "
-    "vs full FT: difference of means; Welch's t-test says \"differs\" (p < 0.05), \"within noise\" or \"n too small\" "
-    "(fewer than 2 seeds). ref.: the report's figure; diff: mean minus ref."
+    "vs full FT: difference of means; a t-test (paired by seed where the runs allow, else Welch's) with Holm's "
+    "correction across the rows says \"differs\" (adjusted p < 0.05), \"within noise\" or \"n too small\" (fewer than "
+    "2 seeds). ref.: the report's figure; diff: mean minus ref."
 )
 
 

@@ -38,9 +38,7 @@ def tune_table(rows: list[dict[str, Any]]) -> str:
         fixed, fixed_ci, fixed_mean = _summary(r["fixed"])
         delta = f"{tuned_mean - fixed_mean:+.1f}" if tuned_mean is not None and fixed_mean is not None else "–"
         comparison = r.get("comparison")
-        needed = "–"
-        if comparison is not None and comparison.p_adjusted is not None:
-            needed = ">1000" if comparison.seeds_needed is None else str(comparison.seeds_needed)
+        needed = stats.seeds_needed_text(comparison)
         chosen = entry["grid"][entry["chosen"]]
         lines.append([job.row, job.name, f"{entry['chosen']} (of {len(entry['grid'])})",
                       f"{chosen['mean']:.1f} (n={len(chosen['validation_accuracy'])})", tuned, tuned_ci, fixed, fixed_ci, delta,

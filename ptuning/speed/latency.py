@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-LATENCY_FILE = "latency.json"
+from ptuning.report.results import LATENCY_FILE  # noqa: F401  (where it is written, and read by the tables)
 
 
 def _decode_seconds(model, ids: list[int], device: torch.device, max_length: int) -> float:
