@@ -10,7 +10,7 @@ ARGS        ?=
 RESULTS     ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slurm smoke demo run tables plots check list params bench gpu-check clean
+.PHONY: help install test test-slurm test-slow smoke demo run tables plots check list params bench gpu-check clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-slurm: install  ## the SLURM tests (pytest -m slurm) on a private one-node 
 	else \
 		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slurm tests/cluster $(ARGS); \
 	fi
+
+test-slow: install  ## the slow tests (pytest -m slow): ptuning tune on the demo task, a few minutes of CPU
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow $(ARGS)
 
 smoke: install  ## all jobs end to end on a tiny offline model (CPU, under a minute)
 	$(BIN)/ptuning smoke $(ARGS)

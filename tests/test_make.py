@@ -163,3 +163,13 @@ def test_install_keeps_a_cuda_torch_by_letting_the_venv_see_it(tmp_path, cuda, e
     subprocess.run(["make", f"PYTHON={stub}", f"VENV={venv}", f"{venv}/bin/python"], cwd=REPO, capture_output=True, text=True, check=True)
     calls = log.read_text().splitlines()
     assert calls[-1] == f"{expected} {venv}"
+
+
+def test_test_targets_leave_the_slow_and_slurm_tests_to_their_own():
+    import tomllib
+
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert "-m 'not slurm and not slow'" in addopts  # make test runs neither
+    assert "HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m slow" in dry_run("test-slow", "-W", ".venv/bin/python")
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make test") < ci.index("make test-slow") < ci.index("make lint")
