@@ -219,3 +219,37 @@ def test_an_unknown_partition_is_one_line(two_jobs, tmp_path):
     assert done.stderr == (f"ptuning: error: --partition no-such: no such partition on this cluster; the partitions are: "
                            f"{', '.join(dict.fromkeys(partitions))}\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_runs_each_point_as_a_task_of_the_array_and_equals_a_plain_run(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A job with a 2×2 grid (`sweep:`): four points, one task each, every result equal to a plain `ptuning run`'s."""
+    import shutil
+
+    from tests.conftest import JOBS
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    shutil.copy(JOBS / "_defaults.yaml", jobs)
+    (jobs / "lora_8.yaml").write_text((JOBS / "lora_8.yaml").read_text() + "sweep: {lr: [1.0e-3, 1.0e-2], rank: [1, 2]}\n")
+    args = ["lora_8", *run_args(tiny_model_dir, tiny_data_dir), "--cpus-per-job", "1"]
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    done = ptuning(jobs, "submit", *args, "--output-dir", str(out), "--wait", "--poll-seconds", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.match(r"ptuning: submitted 4 runs as SLURM job array (\d+) \(4 tasks on partition \w+\)", done.stdout)
+    assert found, done.stdout
+    job = found.group(1)
+    assert sacct_states(job) == {f"{job}_{i}": "COMPLETED" for i in range(4)}
+    tasks = (out / "logs" / "slurm" / f"{job}_runs.tsv").read_text()
+    points = sorted(p.name for p in (out / "lora_8").iterdir())
+    assert points == ["lr=0.01,rank=1", "lr=0.01,rank=2", "lr=1e-3,rank=1", "lr=1e-3,rank=2"]
+    assert all(f"lora_8/{point}" in tasks for point in points)  # which task ran which point
+
+    plain = ptuning(jobs, "run", "lora_8", *run_args(tiny_model_dir, tiny_data_dir), "--output-dir", str(ref))
+    assert plain.returncode == 0, plain.stderr
+    for point in points:
+        lr, rank = (value.split("=")[1] for value in point.split(","))
+        mine, theirs = (json.loads((folder / "lora_8" / point / "seed0" / "result.json").read_text()) for folder in (out, ref))
+        assert mine["config"]["lr"] == float(lr) and mine["config"]["method"]["rank"] == int(rank), point
+        assert [(e["train_loss"], e["accuracy"]) for e in mine["epochs"]] == [(e["train_loss"], e["accuracy"]) for e in theirs["epochs"]]
+    again = ptuning(jobs, "submit", *args, "--output-dir", str(out))
+    assert again.returncode == 0 and again.stdout.startswith(f"ptuning: all 4 runs are already completed in {out}; nothing to submit")
