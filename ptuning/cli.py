@@ -548,9 +548,22 @@ def submit(ctx: click.Context, job_refs: tuple[str, ...], executor: str, partiti
                              max_parallel=max_parallel, signal_before=signal_before, container=container, wait=wait,
                              poll_seconds=poll_seconds)
 
+    import time
+
+    started = time.time()
+
     def tables() -> None:
-        _write_plots(jobs, Path(kwargs["output_dir"]), quiet=True)  # the tables' warnings say it once
-        _print_tables(jobs, Path(kwargs["output_dir"]))
+        """The end of a waiting submission: the plots, the tables, and the summary of the runs (as run-all's)."""
+        from ptuning.settings import expand
+
+        output_dir = Path(kwargs["output_dir"])
+        _write_plots(jobs, output_dir, quiet=True)  # the tables' warnings say it once
+        _print_tables(jobs, output_dir)
+        click.echo("")
+        ran = expand([job.override(overrides(kwargs)) for job in jobs])
+        for line in run_summary(ran, output_dir, started, [],
+                                [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
+            click.echo(line)
 
     status = submit_runs(jobs, refs, kwargs, directory, options, echo=click.echo, tables=tables)
     if status:

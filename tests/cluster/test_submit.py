@@ -402,8 +402,14 @@ def test_local_executor_runs_the_plan_two_at_a_time_and_equals_run_all(two_jobs,
     logs = sorted((out / "logs" / "local").glob("*_0_log.out"))
     assert len(logs) == 2 and all("CUDA_VISIBLE_DEVICES=(none)" in log.read_text() for log in logs)
 
+    # it ends as run-all does: the runs' outcome and time, where the results are, what to run next
+    assert re.fullmatch(r"ptuning: 2 runs completed, 0 skipped \(already completed\), 0 failed; \d+ s in all", lines[-3]), lines[-3]
+    assert lines[-2:] == [f"results: {out}", f"next: ptuning check --results {out}   (each row against the report's figure)"]
+
     again = ptuning(two_jobs, "submit", "--executor", "local", *args)
     assert again.returncode == 0 and again.stdout.startswith("ptuning: all 2 runs are already completed")
+    assert re.fullmatch(r"ptuning: 0 runs completed, 2 skipped \(already completed\), 0 failed; \d+ s in all",
+                        again.stdout.splitlines()[-3])
 
 
 def test_local_executor_reports_a_failed_run_with_its_reason_and_log(two_jobs, tiny_data_dir, tmp_path):

@@ -169,3 +169,31 @@ def test_check_learning_lines_and_verdicts():
     results["zero_shot"] = [fake("zero_shot", 40.1)]
     assert demo_mod.check_learning(jobs[:1], results, QUICK, seed=0) == (
         False, ["learning check: zero_shot: 40.1% untrained (needs at most 40%): TOO HIGH: the task is not new to the backbone"])
+
+
+def test_the_demos_plots_read_at_a_glance(quick_demo):
+    """The three plots of the demo's own results: every row named apart, no label over another, the accuracy axis
+    inside 0-100 %, whole epochs, and the synthetic task in every title."""
+    from ptuning.report import plots
+    from ptuning.report.results import load_results
+    from ptuning.settings import load_all_jobs
+    from tests.report.test_plots import _label_boxes, _overlapping
+
+    run, out = quick_demo
+    assert run.exit_code == 0
+    rows = plots.plotted_rows(load_all_jobs(JOBS), load_results(out, []))
+    assert len(rows) == 11
+    figures = [plots.accuracy_per_epoch_figure(rows, kind.DEMO), plots.pareto_figure(rows, kind.DEMO),
+               plots.train_time_figure(rows, kind.DEMO)]
+    for fig in figures:
+        assert fig.axes[0].get_title().endswith(" — synthetic demo task")
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert len(legend) == len(set(legend)) == 11
+    pareto = figures[1]
+    pareto.canvas.draw()
+    boxes = _label_boxes(pareto)
+    assert sorted(boxes, key=int) == [str(n) for n in range(1, 11)] and _overlapping(boxes) == []
+    for fig in figures[:2]:
+        low, high = fig.axes[0].get_ylim()
+        assert -5 < low < high < 105 and high - low >= 5
+    assert list(figures[0].axes[0].get_xticks()) == [1, 2]  # the quick demo's two epochs, nothing in between
