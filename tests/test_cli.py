@@ -100,7 +100,7 @@ def test_same_seed_same_result(tmp_path, tiny_model_dir, tiny_data_dir):
         (["run", "full_ft", "--model", "/does/not/exist"], "model path /does/not/exist does not exist"),
         (["run", "full_ft", "--model", "t5-small"], "cannot load model 't5-small'"),
         (["run", "full_ft", "--epochs", "0"], "'epochs' must be at least 1"),
-        (["run", "full_ft", "--device", "cuda:7"], "no CUDA GPU is visible"),
+        (["run", "full_ft", "--device", "cuda:7"], "--device cuda:7 was asked for but no CUDA GPU is visible"),  # names what was asked
         (["tables", "--results", "/does/not/exist"], "results directory /does/not/exist does not exist"),
     ],
 )
