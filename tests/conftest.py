@@ -55,3 +55,14 @@ def _quiet_libraries():
     from ptuning import quiet
 
     quiet.install()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every matplotlib figure a test made is closed after it (the plot tests inspect figures they never save)."""
+    yield
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
