@@ -115,16 +115,18 @@ def eval_cost(row: stats.Row) -> tuple[float | None, str | None]:
     return sum(v for v, _ in pairs) / len(pairs), "/".join(sorted({d for _, d in pairs}))
 
 
-def _eval_cells(rows_: list[stats.Row]) -> tuple[dict[int, str], str | None]:
-    """Each row's 'eval s/1k' cell (by id of the row), and the device when every row ran on one (then said once
-    in the notes; otherwise each cell names its own)."""
-    costs = {id(row): eval_cost(row) for row in rows_}
-    devices = {d for _, d in costs.values() if d is not None}
-    one = next(iter(devices)) if len(devices) == 1 else None
-    cells = {}
-    for key, (value, device) in costs.items():
-        cells[key] = "–" if value is None else f"{value:.3g}" + ("" if one else f" ({device})")
-    return cells, one
+def common_device(costs: list[tuple[float | None, str | None]]) -> str | None:
+    """The device of every row's evaluation (`eval_cost`), when it is one: then named once, under the table;
+    otherwise each cell names its own."""
+    devices = {device for _, device in costs if device is not None}
+    return next(iter(devices)) if len(devices) == 1 else None
+
+
+def _eval_cell(cost: tuple[float | None, str | None], named_below: str | None) -> str:
+    seconds, device = cost
+    if seconds is None:
+        return "–"
+    return f"{seconds:.3g}" + ("" if named_below else f" ({device})")
 
 
 def _latency_cell(latency: dict[str, Any] | None, name: str) -> str:
@@ -140,10 +142,16 @@ def _latency_cell(latency: dict[str, Any] | None, name: str) -> str:
 
 def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]], latency: dict[str, Any] | None = None) -> list[list[str]]:
     table_rows = stats.rows(jobs, results)
+    costs = [eval_cost(row) for row in table_rows]
+    return _accuracy_rows(table_rows, costs, common_device(costs), latency)
+
+
+def _accuracy_rows(table_rows: list[stats.Row], costs: list[tuple[float | None, str | None]], device: str | None,
+                   latency: dict[str, Any] | None) -> list[list[str]]:
+    """The accuracy table's rows; `costs` are the rows' `eval_cost`, `device` their `common_device`."""
     comparisons = stats.compare_with_reference(table_rows)
-    evals, _ = _eval_cells(table_rows)
     out = []
-    for row in table_rows:
+    for row, cost in zip(table_rows, costs):
         job = row.job
         head = [job.row, job.name, job.title, knob_label(job), row.protocol or "–"]
         ref = _fmt_pct(job.reference_accuracy)
@@ -172,7 +180,7 @@ def accuracy_rows(jobs, results: dict[str, list[dict[str, Any]]], latency: dict[
                 _fmt_count(params.get("trainable")),
                 _fmt_bytes(row.max_of("artifact_bytes")),
                 _fmt_seconds(row.mean_of("train_seconds")) if trains(row) else "–",
-                evals[id(row)],
+                _eval_cell(cost, device),
                 _latency_cell(latency, job.name),
                 _fmt_bytes(row.max_of("peak_gpu_memory_reserved_bytes") or row.max_of("peak_gpu_memory_bytes")),
             ]
@@ -200,9 +208,9 @@ ACCURACY_NOTES = (
 )
 
 
-def inference_note(jobs, results: dict[str, list[dict[str, Any]]], latency: dict[str, Any] | None) -> str:
-    """Where the inference figures were measured: the evaluation's device, and the latency's device, date and size."""
-    _, device = _eval_cells(stats.rows(jobs, results))
+def inference_note(device: str | None, latency: dict[str, Any] | None) -> str:
+    """Where the inference figures were measured: the evaluation's device (when it is one for every row), and the
+    latency's device, date and size."""
     parts = []
     if device is not None:
         parts.append(f"eval s / 1k reviews measured on {device}")
@@ -271,16 +279,19 @@ def document(jobs, results: dict[str, list[dict[str, Any]]], plots: list[Path] |
     """Both tables as one markdown document (TABLES.md), ending with links to `plots` (the PNGs that exist),
     relative to `base`, the folder the document is written to. `latency`: what `ptuning latency` wrote in the
     results folder (latency.json), if anything."""
+    table_rows = stats.rows(jobs, results)
+    costs = [eval_cost(row) for row in table_rows]
+    device = common_device(costs)
     return "\n".join(
         [
             *caption(kind),
             "## Accuracy (test split)",
             "",
-            markdown(ACCURACY_HEADERS, accuracy_rows(jobs, results, latency)),
+            markdown(ACCURACY_HEADERS, _accuracy_rows(table_rows, costs, device, latency)),
             "",
             ACCURACY_NOTES,
             "",
-            inference_note(jobs, results, latency),
+            inference_note(device, latency),
             "",
             "## Parameters",
             "",
