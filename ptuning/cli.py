@@ -818,8 +818,8 @@ def demo(ctx: click.Context, output_dir: str, workdir: str | None, seed: int, qu
     if not jobs:
         raise PtuningError(f"no job files (*.yaml) in {directory}; pass --jobs-dir with the folder of job files")
     jobs.sort(key=lambda j: (j.row, j.name))
-    outcome = demo_mod.run(jobs, demo_mod.PROFILES["quick" if quick else "demo"], Path(output_dir), Path(workdir) if workdir else None,
-                           seed, echo=click.echo, error=lambda line: click.echo(line, err=True), report=_print_tables)
+    outcome = demo_mod.run(jobs, demo_mod.PROFILES["quick" if quick else "demo"], Path(output_dir), _print_tables,
+                           Path(workdir) if workdir else None, seed, echo=click.echo, error=lambda line: click.echo(line, err=True))
     ran = len(jobs) - len(outcome.failures)
     click.echo(f"demo: {ran} of {len(jobs)} jobs ran in {outcome.seconds:.0f} s; results and plots in {output_dir}")
     if outcome.failures:

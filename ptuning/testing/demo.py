@@ -165,18 +165,16 @@ class Outcome:
     seconds: float
 
 
-def run(jobs, profile: Profile, output_dir: Path, workdir: Path | None = None, seed: int = 0,
-        echo: Callable[[str], None] = print, error: Callable[[str], None] = print,
-        report: Callable[[list, Path], None] | None = None) -> Outcome:
+def run(jobs, profile: Profile, output_dir: Path, report: Callable[[list, Path], None], workdir: Path | None = None,
+        seed: int = 0, echo: Callable[[str], None] = print, error: Callable[[str], None] = print) -> Outcome:
     """Build (or reuse) the backbone, run `jobs` on it, write the plots, print the tables and the learning check.
 
     `report(runs, output_dir)` prints the tables (the command line's: the compact table, TABLES.md beside the
-    results); by default the whole markdown document is printed."""
+    results)."""
     from ptuning.errors import PtuningError
     from ptuning.report import kind
-    from ptuning.report.plots import plot_paths, write_plots
+    from ptuning.report.plots import write_plots
     from ptuning.report.results import load_results
-    from ptuning.report.tables import document
     from ptuning.run.runner import run_job
 
     started = time.perf_counter()
@@ -198,10 +196,7 @@ def run(jobs, profile: Profile, output_dir: Path, workdir: Path | None = None, s
         kind.mark(output_dir, kind.DEMO)  # `ptuning tables` and `ptuning plots` of this folder say so too
         write_plots(runs, results, output_dir, kind.DEMO)
         echo(BANNER)
-        if report is None:
-            echo(document(runs, results, plot_paths(output_dir), base=output_dir, kind=kind.DEMO))
-        else:
-            report(runs, output_dir)
+        report(runs, output_dir)
         echo(BANNER)
         passed, lines = check_learning(runs, results, profile, seed)
     for line in lines:
