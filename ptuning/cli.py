@@ -421,19 +421,25 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
         failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
     else:
         failures = _run_jobs(jobs, kwargs)
+    _report_runs(jobs, kwargs, started, [name for name, _ in failures])
+    if failures:
+        click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
+        sys.exit(1)
+
+
+def _report_runs(jobs, kwargs, started: float, failed: list[str]) -> None:
+    """The end of a command that ran `jobs` with the options `kwargs` since `started`: the plots, the tables, and
+    the summary of the runs (each job, each point of a grid), then the next command (run-all, a waiting submit)."""
+    from ptuning.settings import expand
+
     output_dir = Path(kwargs["output_dir"])
     _write_plots(jobs, output_dir, quiet=True)  # the tables' warnings say it once
     _print_tables(jobs, output_dir)
     click.echo("")
-    from ptuning.settings import expand
-
-    ran = expand([job.override(overrides(kwargs)) for job in jobs])  # what ran: each job, each point of a grid
-    for line in run_summary(ran, output_dir, started, [name for name, _ in failures],
+    ran = expand([job.override(overrides(kwargs)) for job in jobs])
+    for line in run_summary(ran, output_dir, started, failed,
                             [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
         click.echo(line)
-    if failures:
-        click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
-        sys.exit(1)
 
 
 def run_summary(jobs, output_dir: Path, started: float, failed: list[str], next_steps: list[str]) -> list[str]:
@@ -552,18 +558,8 @@ def submit(ctx: click.Context, job_refs: tuple[str, ...], executor: str, partiti
 
     started = time.time()
 
-    def tables() -> None:
-        """The end of a waiting submission: the plots, the tables, and the summary of the runs (as run-all's)."""
-        from ptuning.settings import expand
-
-        output_dir = Path(kwargs["output_dir"])
-        _write_plots(jobs, output_dir, quiet=True)  # the tables' warnings say it once
-        _print_tables(jobs, output_dir)
-        click.echo("")
-        ran = expand([job.override(overrides(kwargs)) for job in jobs])
-        for line in run_summary(ran, output_dir, started, [],
-                                [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
-            click.echo(line)
+    def tables() -> None:  # failed runs are read from their result files
+        _report_runs(jobs, kwargs, started, [])
 
     status = submit_runs(jobs, refs, kwargs, directory, options, echo=click.echo, tables=tables)
     if status:
