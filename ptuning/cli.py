@@ -421,15 +421,20 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
         failures = _run_concurrently(ctx, jobs, kwargs, concurrency)
     else:
         failures = _run_jobs(jobs, kwargs)
-    _report_runs(jobs, kwargs, started, [name for name, _ in failures])
+    outcome = _report_runs(jobs, kwargs, started, [name for name, _ in failures])
     if failures:
-        click.echo(f"ptuning: {len(failures)} of {len(jobs)} jobs failed: {', '.join(n for n, _ in failures)}", err=True)
+        runs = len(outcome.completed) + len(outcome.skipped) + len(outcome.failed) + len(outcome.not_run)
+        click.echo(f"ptuning: {len(outcome.failed)} of {runs} runs failed: {', '.join(outcome.failed)}", err=True)
         sys.exit(1)
 
 
-def _report_runs(jobs, kwargs, started: float, failed: list[str]) -> None:
+def _report_runs(jobs, kwargs, started: float, failed: list[str]):
     """The end of a command that ran `jobs` with the options `kwargs` since `started`: the plots, the tables, and
-    the summary of the runs (each job, each point of a grid), then the next command (run-all, a waiting submit)."""
+    the summary of the runs (each job, each point of a grid), then the next command (run-all, a waiting submit).
+    Returns the runs' outcome (ptuning/run/summary.py's Tally)."""
+    import time
+
+    from ptuning.run import summary
     from ptuning.settings import expand
 
     output_dir = Path(kwargs["output_dir"])
@@ -437,9 +442,11 @@ def _report_runs(jobs, kwargs, started: float, failed: list[str]) -> None:
     _print_tables(jobs, output_dir)
     click.echo("")
     ran = expand([job.override(overrides(kwargs)) for job in jobs])
-    for line in run_summary(ran, output_dir, started, failed,
-                            [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
+    outcome = summary.tally(ran, output_dir, started, failed)
+    for line in summary.summary_lines(outcome, time.time() - started, output_dir,
+                                      [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
         click.echo(line)
+    return outcome
 
 
 def run_summary(jobs, output_dir: Path, started: float, failed: list[str], next_steps: list[str]) -> list[str]:

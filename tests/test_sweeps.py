@@ -122,6 +122,18 @@ def test_points_run_in_processes_of_their_own_under_concurrency(grid_jobs, tmp_p
     assert sorted(p.name for p in (out / "logs" / "lora").iterdir()) == ["rank=1.log", "rank=2.log"]
 
 
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_a_failing_point_is_counted_among_the_runs_of_the_grid(grid_jobs, tmp_path, concurrency):
+    (grid_jobs / "lora.yaml").write_text(LORA + "sweep: {lr: [1.0e-3, 1.0e+30]}\n")
+    out = tmp_path / "out"
+    result = invoke(grid_jobs, "run-all", "--device", "cpu", "--output-dir", str(out), "--epochs", "1", "--seeds", "0,1",
+                    "--concurrency", concurrency)
+    assert result.exit_code == 1
+    assert "ptuning: 2 runs completed, 0 skipped (already completed), 2 failed (lora/lr=1e30 seed 0, lora/lr=1e30 seed 1)" \
+        in result.stdout
+    assert result.stderr.splitlines()[-1] == "ptuning: 2 of 4 runs failed: lora/lr=1e30 seed 0, lora/lr=1e30 seed 1"
+
+
 def test_list_shows_the_points(grid_jobs):
     result = invoke(grid_jobs, "list", "--points", "lora")
     assert result.exit_code == 0

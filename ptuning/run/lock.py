@@ -53,14 +53,28 @@ class RunLock:
             folder = folder.parent
 
     def _make_directory(self) -> None:
-        missing = []
-        folder = self.directory
-        while not folder.exists() and folder != folder.parent:
-            missing.append(folder)
-            folder = folder.parent
-        for folder in reversed(missing):
-            folder.mkdir()
-            self.created.append(folder)
+        """Make the missing folders down to the run directory, remembering which this lock made. Runs sharing an
+        output folder make them at the same moment (`run-all --concurrency`, array tasks): a folder another run has
+        just made is used as it is, and one another run has just removed (its own clean-up) is made again."""
+        for _attempt in range(20):
+            missing = []
+            folder = self.directory
+            while not folder.exists() and folder != folder.parent:
+                missing.append(folder)
+                folder = folder.parent
+            try:
+                for folder in reversed(missing):
+                    try:
+                        folder.mkdir()
+                    except FileExistsError:
+                        if folder.is_symlink() or not folder.is_dir():
+                            raise
+                        continue  # another run made it just now: it is theirs to clean up
+                    self.created.append(folder)
+                return
+            except FileNotFoundError:  # a parent another run made was removed again before ours went in: start over
+                continue
+        self.directory.mkdir()  # still racing after 20 tries: let the error say what is wrong
 
     def acquire(self) -> "RunLock":
         self._check_links()

@@ -151,7 +151,7 @@ def test_run_all_on_a_full_disk_is_one_line_per_job_and_leaves_nothing(jobs_dir,
         for line, job in zip(errors, ("a", "b"), strict=True):  # each job tried, and refused in one line
             assert line == (f"ptuning: error: [{job}] cannot write to run directory {out / job / 'seed0'}: No space left on "
                             "device; free some space and rerun the same command")
-        assert result.stderr.splitlines()[-1] == "ptuning: 2 of 2 jobs failed: a, b"
+        assert result.stderr.splitlines()[-1] == "ptuning: 2 of 2 runs failed: a, b"
         assert files(out) == ["filler"] and sorted(p.name for p in out.iterdir()) == ["filler"]  # no lock, no folder
 
 

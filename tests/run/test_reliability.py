@@ -182,7 +182,7 @@ def test_nan_loss_marks_the_job_failed_and_run_all_goes_on(tmp_path, tiny_model_
     result = cli(jobs, "run-all", "--device", "cpu", "--output-dir", str(out))
     assert result.exit_code == 1
     assert "ptuning: error: [exploding] loss is nan at step" in result.stderr and "of exploding epoch" in result.stderr
-    assert "1 of 2 jobs failed: exploding" in result.stderr
+    assert "ptuning: 1 of 2 runs failed: exploding" in result.stderr
     failed = json.loads((out / "exploding/seed0/result.json").read_text())
     assert failed["status"] == "failed" and "loss is nan at step" in failed["reason"]
     assert schema_problem(failed) is None
@@ -328,6 +328,57 @@ def test_run_lock_refuses_a_holder_and_ignores_a_stale_file(tmp_path):
     with RunLock(tmp_path / "stale"):
         pass
     assert (tmp_path / "stale").is_dir()  # not created by the lock: kept
+
+
+def test_run_lock_uses_a_folder_another_run_made_at_the_same_moment(tmp_path, monkeypatch):
+    """Two runs of one grid (`run-all --concurrency`) both find `out/lora` missing; the second one's mkdir fails."""
+    shared, run = tmp_path / "out" / "lora", tmp_path / "out" / "lora" / "rank=2" / "seed0"
+    mkdir = Path.mkdir
+
+    def raced(self, *args, **kwargs):
+        if self == shared:
+            mkdir(self)  # the other run got there first
+            raise FileExistsError(17, "File exists", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    with RunLock(run) as lock:
+        assert lock.created == [tmp_path / "out", shared / "rank=2", run]  # the other run's folder is not ours to remove
+    assert shared.is_dir() and not (shared / "rank=2").exists()
+
+
+def test_run_lock_makes_again_a_folder_another_run_removed_at_the_same_moment(tmp_path, monkeypatch):
+    """A run that found `out/lora` there loses it to the other run's clean-up before making its own folder in it."""
+    shared, run = tmp_path / "out" / "lora", tmp_path / "out" / "lora" / "rank=1" / "seed0"
+    shared.mkdir(parents=True)
+    mkdir, removed = Path.mkdir, []
+
+    def raced(self, *args, **kwargs):
+        if self.parent == shared and not removed:
+            shared.rmdir()  # the other run's clean-up
+            removed.append(shared)
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    with RunLock(run) as lock:
+        assert removed and (run / LOCK_FILE).is_file() and lock.created == [shared, shared / "rank=1", run]
+    assert not shared.exists() and (tmp_path / "out").is_dir()  # what it made again is its own to remove
+
+
+def _lock_and_release(root: str, name: str, times: int) -> None:
+    for _ in range(times):
+        with RunLock(Path(root) / "out" / "lora" / name / "seed0", Path(root) / "out"):
+            pass
+
+
+def test_run_locks_of_sibling_runs_in_many_processes_never_collide(tmp_path):
+    """The real race: processes locking sibling run directories under a shared folder each makes and removes."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        pool.starmap(_lock_and_release, [(str(tmp_path), f"rank={i}", 1000) for i in range(4)])
+    assert files(tmp_path) == []  # no lock file left behind (a folder another run still used may stay)
 
 
 def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
