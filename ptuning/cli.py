@@ -196,15 +196,14 @@ def check_jobs(jobs, device) -> None:
                                "drop --compile (or pass --no-compile), or run on a GPU")
 
 
-def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
-    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
-
-    Each run locks its own run directory; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
-    """
+def _prepare_runs(jobs, kwargs) -> list:
+    """What is checked before the first run of `run` or `run-all` (serial or --concurrency) starts, each a one-line
+    refusal: the device, the trackers, the command's overrides on every job, the size of the grids, a long run on a
+    CPU nobody asked for, and what a job needs of the device. Returns the jobs to run, overridden, each grid expanded
+    into its points."""
     from ptuning.run.cpu import refuse_slow_cpu_run
-    from ptuning.run.interrupt import StopRequest
     from ptuning.run.metrics import check_trackers
-    from ptuning.run.runner import resolve_device, run_job, splits_for
+    from ptuning.run.runner import resolve_device, splits_for
     from ptuning.settings import confirm_runs, expand
 
     device = resolve_device(kwargs["device"])  # a bad --device fails before anything runs
@@ -215,12 +214,24 @@ def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
     jobs = expand(jobs)  # a job with a grid runs its points
     refuse_slow_cpu_run(jobs, kwargs["device"], splits_for)  # --device auto without a GPU: no run of many hours
     check_jobs(jobs, device)
+    return jobs
+
+
+def _run_jobs(jobs, kwargs, echo=click.echo) -> list[tuple[str, str]]:
+    """Run jobs one after another, each once per seed; a run that fails is reported and the next one runs. Returns failures.
+
+    Each run locks its own run directory; SIGINT/SIGTERM stop after the current training step (ptuning/run/interrupt.py).
+    """
+    from ptuning.run.interrupt import StopRequest
+    from ptuning.run.runner import run_job
+    from ptuning.run.summary import run_labels
+
+    jobs = _prepare_runs(jobs, kwargs)
     forced = force_id(kwargs)
     failures = []
     with StopRequest() as stop:
         for job in jobs:
-            for seed in job.seed_list:
-                label = job.name if len(job.seed_list) == 1 else f"{job.name} seed {seed}"
+            for label, seed in run_labels(job):
                 stop.check(f"stopped before {label}")
                 try:
                     run_job(job.for_seed(seed), Path(kwargs["output_dir"]), kwargs["device"], echo=echo,
@@ -245,20 +256,10 @@ def child_options(kwargs: dict) -> list[str]:
 
 
 def _run_concurrently(ctx: click.Context, jobs, kwargs, concurrency: int) -> list[tuple[str, int]]:
-    from ptuning.run.cpu import refuse_slow_cpu_run
-    from ptuning.run.metrics import check_trackers
     from ptuning.run.parallel import run_concurrently
-    from ptuning.run.runner import check_writable, resolve_device, splits_for
-    from ptuning.settings import confirm_runs, expand
+    from ptuning.run.runner import check_writable
 
-    device = resolve_device(kwargs["device"])  # a bad --device or override fails before anything runs
-    check_trackers(kwargs.get("trackers") or ())
-    values = overrides(kwargs)
-    overridden = [job.override(values) for job in jobs]
-    confirm_runs(overridden, kwargs.get("yes", False))
-    refuse_slow_cpu_run(expand(overridden), kwargs["device"], splits_for)
-    check_jobs(overridden, device)
-    names = [job.name for job in expand(jobs)]  # each point of a grid in a process of its own
+    names = [job.name for job in _prepare_runs(jobs, kwargs)]  # each point of a grid in a process of its own
     output_dir = Path(kwargs["output_dir"])
     check_writable(output_dir)
     options = child_options(kwargs)
@@ -316,10 +317,9 @@ def _print_tables(jobs, results_dir: Path, wide: bool = False) -> None:
     from ptuning.atomic import atomic_save
     from ptuning.report import tables
     from ptuning.report.plots import PLOTS_DIR, plot_paths
-
-    results_dir = Path(results_dir)
     from ptuning.report.results import read_latency
 
+    results_dir = Path(results_dir)
     results, kind = _load_results(results_dir), _kind(results_dir)
     jobs = report_jobs(jobs, results)
     problems: list[str] = []
@@ -423,8 +423,7 @@ def run_all(ctx: click.Context, concurrency: int, **kwargs) -> None:
         failures = _run_jobs(jobs, kwargs)
     outcome = _report_runs(jobs, kwargs, started, [name for name, _ in failures])
     if failures:
-        runs = len(outcome.completed) + len(outcome.skipped) + len(outcome.failed) + len(outcome.not_run)
-        click.echo(f"ptuning: {len(outcome.failed)} of {runs} runs failed: {', '.join(outcome.failed)}", err=True)
+        click.echo(f"ptuning: {len(outcome.failed)} of {outcome.runs} runs failed: {', '.join(outcome.failed)}", err=True)
         sys.exit(1)
 
 
@@ -432,9 +431,6 @@ def _report_runs(jobs, kwargs, started: float, failed: list[str]):
     """The end of a command that ran `jobs` with the options `kwargs` since `started`: the plots, the tables, and
     the summary of the runs (each job, each point of a grid), then the next command (run-all, a waiting submit).
     Returns the runs' outcome (ptuning/run/summary.py's Tally)."""
-    import time
-
-    from ptuning.run import summary
     from ptuning.settings import expand
 
     output_dir = Path(kwargs["output_dir"])
@@ -442,20 +438,21 @@ def _report_runs(jobs, kwargs, started: float, failed: list[str]):
     _print_tables(jobs, output_dir)
     click.echo("")
     ran = expand([job.override(overrides(kwargs)) for job in jobs])
-    outcome = summary.tally(ran, output_dir, started, failed)
-    for line in summary.summary_lines(outcome, time.time() - started, output_dir,
-                                      [f"ptuning check --results {output_dir}   (each row against the report's figure)"]):
-        click.echo(line)
-    return outcome
+    return run_summary(ran, output_dir, started, failed,
+                       [f"ptuning check --results {output_dir}   (each row against the report's figure)"])
 
 
-def run_summary(jobs, output_dir: Path, started: float, failed: list[str], next_steps: list[str]) -> list[str]:
-    """The closing lines of a command that ran `jobs` since `started` (ptuning/run/summary.py)."""
+def run_summary(jobs, output_dir: Path, started: float, failed: list[str], next_steps: list[str]):
+    """Print the closing lines of a command that ran `jobs` since `started`, and return the runs' outcome
+    (ptuning/run/summary.py's Tally)."""
     import time
 
     from ptuning.run import summary
 
-    return summary.summary_lines(summary.tally(jobs, output_dir, started, failed), time.time() - started, output_dir, next_steps)
+    outcome = summary.tally(jobs, output_dir, started, failed)
+    for line in summary.summary_lines(outcome, time.time() - started, output_dir, next_steps):
+        click.echo(line)
+    return outcome
 
 
 @main.command()
@@ -661,7 +658,7 @@ def tables_cmd(ctx: click.Context, results_dir: str, wide: bool) -> None:
     """Print the accuracy table, compact to fit the terminal, and write the full tables to RESULTS/TABLES.md.
 
     The compact table has the row, approach, knob, accuracy (mean ± std over seeds, n), the difference from full
-    fine-tuning with Welch's test, the report's figure and the distance from it, and the trainable parameters.
+    fine-tuning with its t-test's verdict (paired by seed or Welch's, Holm-adjusted), the report's figure and the distance from it, and the trainable parameters.
     TABLES.md (and --wide) add every other column and the parameter table with its formulas."""
     from ptuning.settings import load_all_jobs
 
@@ -786,8 +783,7 @@ def smoke(ctx: click.Context, output_dir: str, workdir: str | None, job_refs: tu
     click.echo(smoke_mod.BANNER)
     passed = len(names) - len(failures)
     click.echo(f"smoke: {passed} of {len(names)} jobs passed" + (f"; failed: {', '.join(failures)}" if failures else ""))
-    for line in run_summary(jobs, Path(output_dir), started, failures, smoke_mod.next_steps(Path(output_dir))):
-        click.echo(line)
+    run_summary(jobs, Path(output_dir), started, failures, smoke_mod.next_steps(Path(output_dir)))
     if failures:
         sys.exit(1)
 

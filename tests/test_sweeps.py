@@ -134,6 +134,17 @@ def test_a_failing_point_is_counted_among_the_runs_of_the_grid(grid_jobs, tmp_pa
     assert result.stderr.splitlines()[-1] == "ptuning: 2 of 4 runs failed: lora/lr=1e30 seed 0, lora/lr=1e30 seed 1"
 
 
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_a_point_that_needs_a_gpu_is_refused_before_anything_runs(grid_jobs, tmp_path, concurrency):
+    (grid_jobs / "lora.yaml").write_text(LORA + "sweep: {compile: [false, true]}\n")
+    out = tmp_path / "out"
+    result = invoke(grid_jobs, "run-all", "--device", "cpu", "--output-dir", str(out), "--concurrency", concurrency)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("ptuning: error: lora/compile=true: compile: true (--compile) needs a CUDA device, and "
+                                     "this run is on cpu; drop --compile (or pass --no-compile), or run on a GPU")
+    assert not out.exists()
+
+
 def test_list_shows_the_points(grid_jobs):
     result = invoke(grid_jobs, "list", "--points", "lora")
     assert result.exit_code == 0

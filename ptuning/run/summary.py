@@ -23,6 +23,10 @@ class Tally:
     failed: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
 
+    @property
+    def runs(self) -> int:
+        return len(self.completed) + len(self.skipped) + len(self.failed) + len(self.not_run)
+
 
 def run_labels(job) -> list[tuple[str, int]]:
     """(label, seed) of each run of `job`, labelled as the commands label them in their messages."""
