@@ -56,7 +56,8 @@ class RunLock:
         """Make the missing folders down to the run directory, remembering which this lock made. Runs sharing an
         output folder make them at the same moment (`run-all --concurrency`, array tasks): a folder another run has
         just made is used as it is, and one another run has just removed (its own clean-up) is made again."""
-        for _attempt in range(20):
+        attempts = 20
+        for attempt in range(attempts):
             missing = []
             folder = self.directory
             while not folder.exists() and folder != folder.parent:
@@ -73,8 +74,8 @@ class RunLock:
                     self.created.append(folder)
                 return
             except FileNotFoundError:  # a parent another run made was removed again before ours went in: start over
-                continue
-        self.directory.mkdir()  # still racing after 20 tries: let the error say what is wrong
+                if attempt == attempts - 1:
+                    raise
 
     def acquire(self) -> "RunLock":
         self._check_links()

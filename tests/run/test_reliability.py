@@ -365,6 +365,25 @@ def test_run_lock_makes_again_a_folder_another_run_removed_at_the_same_moment(tm
     assert not shared.exists() and (tmp_path / "out").is_dir()  # what it made again is its own to remove
 
 
+def test_run_lock_gives_up_in_one_line_when_its_folder_keeps_vanishing(tmp_path, monkeypatch):
+    shared, run = tmp_path / "out" / "lora", tmp_path / "out" / "lora" / "rank=1" / "seed0"
+    shared.mkdir(parents=True)
+    mkdir, tries = Path.mkdir, []
+
+    def vanishing(self, *args, **kwargs):
+        if self.parent == shared:
+            tries.append(self)
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", vanishing)
+    with pytest.raises(PtuningError) as info:
+        RunLock(run).acquire()
+    assert str(info.value) == (f"cannot write to run directory {run}: No such file or directory; pass --output-dir with a "
+                               "writable directory")
+    assert len(tries) == 20 and files(tmp_path) == [] and sorted(p.name for p in shared.iterdir()) == []
+
+
 def _lock_and_release(root: str, name: str, times: int) -> None:
     for _ in range(times):
         with RunLock(Path(root) / "out" / "lora" / name / "seed0", Path(root) / "out"):
