@@ -707,15 +707,22 @@ def plots_cmd(ctx: click.Context, results_dir: str) -> None:
 @main.command("params")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True, help="Output format.")
 @click.option("--model", help="Hub id or local directory whose config to build (default: t5-small's, nothing downloaded).")
+@click.option("--recount", is_flag=True, help="Count every job again, even one whose counts are in the count cache.")
 @click.argument("job_refs", metavar="[JOB ...]", nargs=-1)
 @click.pass_context
-def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[str, ...]) -> None:
-    """Count each job's parameters on a random-weight model and check the added ones against the formula."""
+def params_cmd(ctx: click.Context, fmt: str, model: str | None, recount: bool, job_refs: tuple[str, ...]) -> None:
+    """Count each job's parameters on a random-weight model and check the added ones against the formula.
+
+    Counts are cached: a job counted before with the same ptuning code, method and knobs, model config and library
+    versions (Python, torch, transformers, PEFT, AdapterHub, OpenDelta) is read back, and stderr says so.
+    """
     from ptuning.report import params
     from ptuning.settings import job_names, load_job
 
     directory = _jobs_dir(ctx)
-    config = params.load_config(model)
+    config = None
+    if model is not None and params.model_fingerprint(model) is None:
+        config = params.load_config(model)  # a hub id, or a path that is no model: not cached; fails now in one line
     jobs, failures = [], []
     for name in job_refs or job_names(directory):
         try:
@@ -723,8 +730,12 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, job_refs: tuple[
         except PtuningError as exc:
             failures.append((name, str(exc)))
     jobs.sort(key=lambda j: (j.row, j.name))
-    rows = params.parameter_rows(jobs, config, errors=failures, progress=_progress_line())
+    rows, cached = params.cached_parameter_rows(jobs, model, config=config, recount=recount, errors=failures, progress=_progress_line())
     click.echo(params.render_json(rows) if fmt == "json" else params.render_markdown(rows))
+    if cached:
+        click.echo(f"ptuning: {cached} of {len(rows)} counts read from the count cache ({params.count_cache_dir()}), "
+                   "counted before with the same ptuning code, job settings, model config and library versions; "
+                   "--recount counts them again", err=True)
     for name, message in failures:
         click.echo(f"ptuning: error: [{name}] {message}", err=True)
     if failures or not all(r["match"] for r in rows):

@@ -58,6 +58,14 @@ def _quiet_libraries():
 
 
 @pytest.fixture(autouse=True)
+def _own_count_cache(tmp_path, monkeypatch):
+    """`ptuning params` keeps its counts in a cache (ptuning/report/params.py). Each test gets an empty one of its own:
+    a count cached by one test (under a monkeypatched formula, say) never answers another, and none lands in the
+    user's cache."""
+    monkeypatch.setattr("ptuning.report.params.count_cache_dir", lambda: tmp_path / "count-cache")
+
+
+@pytest.fixture(autouse=True)
 def _close_figures():
     """Every matplotlib figure a test made is closed after it (the plot tests inspect figures they never save)."""
     yield
