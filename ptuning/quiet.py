@@ -61,6 +61,15 @@ NOTICES: tuple[Notice, ...] = (
         "AdapterHub 1.3.0's T5 stack says this when it is called without a cache object, then makes the "
         "EncoderDecoderCache itself; greedy decoding is unchanged",
     ),
+    Notice(
+        WARNING,
+        "SyntaxWarning",
+        "invalid escape sequence '\\o'",
+        "OpenDelta 0.3.2's delta_models/layers/hypercomplex_linear.py has a docstring with '\\o' that is not a raw "
+        "string; Python 3.12 and later say so whenever they compile that file, which is on every import where its "
+        "bytecode is not cached (packages installed with pip --no-compile, as on a GPU machine set up with "
+        "scripts/gpu-prep.sh). A docstring computes nothing",
+    ),
 )
 
 

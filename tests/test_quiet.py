@@ -43,29 +43,33 @@ def capture_logs():
     quiet.install()
 
 
-def test_there_are_the_three_known_notices_each_with_its_reason():
+def test_there_are_the_four_known_notices_each_with_its_reason():
     assert [(n.channel, n.source) for n in quiet.NOTICES] == [
-        ("log", "transformers.models.t5.tokenization_t5"), ("warning", "FutureWarning"), ("log", "adapters.models.t5.modeling_t5")]
+        ("log", "transformers.models.t5.tokenization_t5"), ("warning", "FutureWarning"), ("log", "adapters.models.t5.modeling_t5"),
+        ("warning", "SyntaxWarning")]
     assert all(n.why and n.message == n.message.strip() for n in quiet.NOTICES)
 
 
 @pytest.mark.parametrize("notice", WARNING_NOTICES, ids=lambda n: n.message[:30])
 def test_a_warning_filter_hides_that_message_and_nothing_else(notice):
+    import builtins
+
+    category = getattr(builtins, notice.source)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet.install()
         quiet.install()  # twice: still one filter
         assert sum(f[0] == "ignore" and getattr(f[1], "pattern", None) == quiet.pattern(notice) for f in warnings.filters) == 1
-        warnings.warn(notice.message, FutureWarning)
+        warnings.warn(notice.message, category)
         assert seen == []
-        for other in (notice.message + " (and more)", notice.message[:-1], "an unrelated FutureWarning"):
-            warnings.warn(other, FutureWarning)
+        for other in (notice.message + " (and more)", notice.message[:-1], "an unrelated warning"):
+            warnings.warn(other, category)
         warnings.warn(notice.message, DeprecationWarning)  # the same words in another category
         assert [(str(w.message), w.category) for w in seen] == [
-            (notice.message + " (and more)", FutureWarning), (notice.message[:-1], FutureWarning),
-            ("an unrelated FutureWarning", FutureWarning), (notice.message, DeprecationWarning)]
+            (notice.message + " (and more)", category), (notice.message[:-1], category),
+            ("an unrelated warning", category), (notice.message, DeprecationWarning)]
         quiet.uninstall()
-        warnings.warn(notice.message, FutureWarning)
+        warnings.warn(notice.message, category)
         assert str(seen[-1].message) == notice.message
 
 
@@ -98,7 +102,7 @@ def test_the_libraries_say_exactly_these_words_and_the_filters_hide_them(tiny_mo
     from ptuning.methods import build_method
     from ptuning.model import load_model
 
-    legacy, past_key_value, tuple_cache = quiet.NOTICES
+    legacy, past_key_value, tuple_cache = quiet.NOTICES[:3]
 
     def sources():
         """Run the three sources; (log records by logger, warnings) they produced."""
@@ -126,6 +130,31 @@ def test_the_libraries_say_exactly_these_words_and_the_filters_hide_them(tiny_mo
     logs, warned = sources()
     assert legacy.message not in logs[legacy.source] and tuple_cache.message not in logs[tuple_cache.source]
     assert past_key_value.message not in warned
+
+
+def test_opendelta_says_exactly_these_words_when_its_file_is_compiled_and_the_filter_hides_them():
+    """OpenDelta's docstring, compiled as Python does without cached bytecode. Before Python 3.12 the same words come
+    as a DeprecationWarning, which Python hides by default, so the filter is for SyntaxWarning alone."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    notice = quiet.NOTICES[3]
+    source = Path(importlib.util.find_spec("opendelta").submodule_search_locations[0]) / "delta_models/layers/hypercomplex_linear.py"
+    category = SyntaxWarning if sys.version_info >= (3, 12) else DeprecationWarning
+
+    def compiled() -> list[tuple[str, type]]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet.install() if quiet_on else quiet.uninstall()
+            compile(source.read_text(encoding="utf-8"), str(source), "exec")
+        return [(str(w.message), w.category) for w in seen]
+
+    quiet_on = False
+    assert compiled() == [(notice.message, category)]
+    quiet_on = True
+    assert compiled() == ([] if category is SyntaxWarning else [(notice.message, DeprecationWarning)])
+    quiet.install()
 
 
 def test_a_smoke_run_prints_none_of_the_notices(tmp_path):
