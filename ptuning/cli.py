@@ -720,9 +720,6 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, recount: bool, j
     from ptuning.settings import job_names, load_job
 
     directory = _jobs_dir(ctx)
-    config = None
-    if model is not None and params.model_fingerprint(model) is None:
-        config = params.load_config(model)  # a hub id, or a path that is no model: not cached; fails now in one line
     jobs, failures = [], []
     for name in job_refs or job_names(directory):
         try:
@@ -730,7 +727,7 @@ def params_cmd(ctx: click.Context, fmt: str, model: str | None, recount: bool, j
         except PtuningError as exc:
             failures.append((name, str(exc)))
     jobs.sort(key=lambda j: (j.row, j.name))
-    rows, cached = params.cached_parameter_rows(jobs, model, config=config, recount=recount, errors=failures, progress=_progress_line())
+    rows, cached = params.cached_parameter_rows(jobs, model, recount=recount, errors=failures, progress=_progress_line())
     click.echo(params.render_json(rows) if fmt == "json" else params.render_markdown(rows))
     if cached:
         click.echo(f"ptuning: {cached} of {len(rows)} counts read from the count cache ({params.count_cache_dir()}), "

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import sys
+from collections import defaultdict, deque
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -193,16 +194,18 @@ class CountCache:
         method = {"name": job.method, "implementation": job.implementation, "knobs": job.knobs}
         return {**self.common, "method": json.loads(json.dumps(method, sort_keys=True, default=repr))}
 
-    def path(self, job) -> Path:
-        key = hashlib.sha256(json.dumps(self.parts(job), sort_keys=True).encode()).hexdigest()
+    def path(self, parts: dict[str, Any]) -> Path:
+        """The entry of the job whose key is `parts` (`self.parts(job)`)."""
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         return self.directory / f"{key}.json"
 
     def get(self, job) -> dict[str, Any] | None:
         """The cached count of `job` as a row, or None."""
+        parts = self.parts(job)
         try:
-            entry = json.loads(self.path(job).read_text(encoding="utf-8"))
+            entry = json.loads(self.path(parts).read_text(encoding="utf-8"))
             counts = {name: entry["counts"][name] for name in COUNT_FIELDS}
-            same = entry["key"] == self.parts(job)
+            same = entry["key"] == parts
         except (OSError, ValueError, KeyError, TypeError):
             return None
         numbers = all(type(counts[name]) is int for name in ("total", "trainable", "added", "formula_value"))
@@ -213,11 +216,12 @@ class CountCache:
     def put(self, job, row: dict[str, Any]) -> None:
         from ptuning.atomic import atomic_save
 
-        entry = {"key": self.parts(job), "counted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        parts = self.parts(job)
+        entry = {"key": parts, "counted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "counts": {name: row[name] for name in COUNT_FIELDS}}
         text = json.dumps(entry, indent=1, ensure_ascii=False) + "\n"
         try:
-            atomic_save(self.path(job), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            atomic_save(self.path(parts), lambda tmp: tmp.write_text(text, encoding="utf-8"))
         except PtuningError:  # the cache's folder is not writable (or the disk is full): count again next time
             pass
 
@@ -227,25 +231,25 @@ def cached_parameter_rows(jobs: Iterable[Any], model: str | None = None, *, conf
                           progress: Callable[[int, int, str], None] | None = None) -> tuple[list[dict], int]:
     """`parameter_rows` for `jobs` on `model`'s configuration (None: t5-small's; `config`: that configuration, already
     loaded), with the count cache: a job counted before under the same key is read back, the others are counted (and
-    stored). `recount`: count every job and store it anew. Returns the rows in the jobs' order and how many were read
-    from the cache."""
+    stored). `recount`: count every job and store it anew. Returns the rows in the jobs' order (a job that could not be
+    built has none: see `parameter_rows`' `errors`) and how many were read from the cache."""
     jobs = list(jobs)
     fingerprint = model_fingerprint(model)
     cache = CountCache(fingerprint, cache_dir) if fingerprint is not None else None
-    cached = [None if cache is None or recount else cache.get(job) for job in jobs]
-    missing = [job for job, hit in zip(jobs, cached) if hit is None]
-    counted: dict[int, dict] = {}
+    if cache is None and config is None:  # a hub id, or no model there: loaded (or refused, in one line) whatever the jobs
+        config = load_config(model)
+    hits = [None if cache is None or recount else cache.get(job) for job in jobs]
+    missing = [job for job, hit in zip(jobs, hits) if hit is None]
+    counted: dict[str, deque] = defaultdict(deque)  # a job's rows by its name, in the order of `missing`
     if missing:
-        before = len(errors) if errors is not None else 0
-        rows = iter(parameter_rows(missing, config if config is not None else load_config(model), errors=errors, progress=progress))
-        skipped = {name for name, _ in errors[before:]} if errors is not None else set()
-        for job in missing:
-            if job.name in skipped:
-                continue
-            row = next(rows)
-            counted[id(job)] = row
+        for row in parameter_rows(missing, config if config is not None else load_config(model), errors=errors, progress=progress):
+            counted[row["job"]].append(row)
+    rows = []
+    for job, hit in zip(jobs, hits):
+        if hit is None and counted[job.name]:
+            hit = counted[job.name].popleft()
             if cache is not None:
-                cache.put(job, row)
-    rows = [hit if hit is not None else counted[id(job)] for job, hit in zip(jobs, cached)
-            if hit is not None or id(job) in counted]
-    return rows, sum(hit is not None for hit in cached)
+                cache.put(job, hit)
+        if hit is not None:
+            rows.append(hit)
+    return rows, len(jobs) - len(missing)
